@@ -1,0 +1,82 @@
+"""Optimiser, learning-rate schedule, weight-decay mask and freezing for transfer learning.
+
+Default: optax.lion (b1 0.9, b2 0.99) with decoupled weight decay applied to kernels only (norm
+scales, biases and layer scales are spared), after global-norm clipping, on a warmup + cosine
+schedule. Frozen parameters get exactly zero updates through `optax.multi_transform`, so they
+stay bit-identical.
+"""
+
+import re
+
+import jax
+import ml_collections
+import optax
+
+OPTIMIZERS = ("lion", "adamw", "sgd")
+TRAINABLE = ("all", "head", "last_stages")
+
+
+def _top_name(path) -> str:
+  return str(getattr(path[0], "key", path[0]))
+
+
+def decay_mask(params):
+  """True for parameters that weight decay and the L2 term apply to: 'kernel' leaves."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: str(getattr(path[-1], "key", "")) == "kernel", params)
+
+
+def _stage_of(top_name: str) -> int | None:
+  match = re.fullmatch(r"stages_(\d+)", top_name)
+  return int(match.group(1)) if match else None
+
+
+def trainable_mask(params, trainable: str, unfreeze_stages: int = 0):
+  """True for parameters that train.
+
+  "all": everything; "head": modules named head_*; "last_stages": the head plus the last
+  `unfreeze_stages` stages (stem and earlier stages frozen).
+  """
+  if trainable not in TRAINABLE:
+    raise ValueError(f"optim.trainable must be one of {TRAINABLE}, got {trainable!r}")
+  stages = sorted({s for s in (_stage_of(k) for k in params) if s is not None})
+  unfrozen = set(stages[len(stages) - unfreeze_stages:]) if unfreeze_stages > 0 else set()
+
+  def is_trainable(path, _):
+    top = _top_name(path)
+    if trainable == "all" or top.startswith("head"):
+      return True
+    return trainable == "last_stages" and _stage_of(top) in unfrozen
+
+  return jax.tree_util.tree_map_with_path(is_trainable, params)
+
+
+def learning_rate_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, num_epochs: int) -> optax.Schedule:
+  total = max(1, steps_per_epoch * num_epochs)
+  warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
+  if cfg.schedule == "constant":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, cfg.learning_rate, max(warmup, 1)), optax.constant_schedule(cfg.learning_rate)],
+        [warmup]) if warmup else optax.constant_schedule(cfg.learning_rate)
+  if cfg.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else cfg.learning_rate, peak_value=cfg.learning_rate,
+        warmup_steps=warmup, decay_steps=total, end_value=cfg.learning_rate * cfg.min_lr_ratio)
+  raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {cfg.schedule!r}")
+
+
+def create_optimizer(cfg: ml_collections.ConfigDict, params, schedule: optax.Schedule) -> optax.GradientTransformation:
+  if cfg.name == "lion":
+    inner = optax.lion(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask)
+  elif cfg.name == "adamw":
+    inner = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask)
+  elif cfg.name == "sgd":
+    inner = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
+                        optax.sgd(schedule, momentum=cfg.momentum, nesterov=True))
+  else:
+    raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {cfg.name!r}")
+  if cfg.grad_clip_norm:
+    inner = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), inner)
+  labels = jax.tree.map(lambda t: "train" if t else "freeze",
+                        trainable_mask(params, cfg.trainable, cfg.unfreeze_stages))
+  return optax.multi_transform({"train": inner, "freeze": optax.set_to_zero()}, labels)

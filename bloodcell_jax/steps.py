@@ -1,0 +1,115 @@
+"""The training state and the pure, device-parallel train and eval steps.
+
+Steps run under `jax.pmap` with the batch laid out [devices, per_device, ...]. The loss is the
+global class-weighted mean: numerator and denominator are summed over devices before dividing
+and gradients are summed, so the result does not depend on how many devices share the batch.
+Images arrive as uint8 and are normalised on the device.
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+from flax import struct
+
+from bloodcell_jax.augment import augment_batch
+from bloodcell_jax.losses import l2_penalty, weighted_cross_entropy_terms
+from bloodcell_jax.optim import decay_mask
+
+AXIS = "batch"
+
+
+class TrainState(struct.PyTreeNode):
+  """Everything that changes during training; plain arrays, so Orbax saves it as is."""
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array  # base key (raw uint32[2]); each step folds in the step and the device index
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_size: int,
+                       seed: int) -> TrainState:
+  init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+  params = jax.jit(functools.partial(model.init, train=False))(
+      init_key, jnp.zeros((1, image_size, image_size, 3), jnp.float32))["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_key)
+
+
+def normalize(images: jax.Array, mean, std) -> jax.Array:
+  """uint8 [0, 255] to float32 (x / 255 - mean) / std per channel."""
+  x = images.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+@struct.dataclass
+class StepConfig:
+  """Constants the steps close over (hashable, so steps can be built once per run)."""
+
+  num_classes: int = struct.field(pytree_node=False)
+  mean: tuple = struct.field(pytree_node=False)
+  std: tuple = struct.field(pytree_node=False)
+  label_smoothing: float = struct.field(pytree_node=False, default=0.0)
+  l2: float = struct.field(pytree_node=False, default=0.0)
+  augment: str = struct.field(pytree_node=False, default="none")
+
+
+def train_step(state: TrainState, batch: dict, class_weights: jax.Array, *, model: nn.Module,
+               tx: optax.GradientTransformation, cfg: StepConfig):
+  """One optimisation step on this device's share of the batch (call under pmap with AXIS).
+
+  Returns the new state, summed metrics (identical on every device) and this device's softmax
+  probabilities for the epoch's training metrics.
+  """
+  rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
+  augment_key, dropout_key = jax.random.split(rng)
+  images = normalize(augment_batch(augment_key, batch["image"], cfg.augment), cfg.mean, cfg.std)
+  targets = jax.nn.one_hot(batch["label"], cfg.num_classes)
+  num_devices = jax.lax.psum(1, AXIS)
+
+  def loss_fn(params):
+    logits = model.apply({"params": params}, images, train=True, rngs={"dropout": dropout_key})
+    weighted_ce, weights = weighted_cross_entropy_terms(logits, targets, class_weights, cfg.label_smoothing)
+    total_weight = jnp.maximum(jax.lax.psum(weights.sum(), AXIS), 1e-12)
+    loss = weighted_ce.sum() / total_weight
+    if cfg.l2:
+      loss += cfg.l2 * l2_penalty(params, decay_mask(params)) / num_devices
+    return loss, (logits, weighted_ce.sum(), weights.sum())
+
+  (_, (logits, ce_sum, weight_sum)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = jax.lax.psum(grads, AXIS)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {
+      "loss_sum": jax.lax.psum(ce_sum, AXIS),
+      "weight_sum": jax.lax.psum(weight_sum, AXIS),
+      "grad_norm": optax.global_norm(grads),
+  }
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, metrics, jax.nn.softmax(logits)
+
+
+def eval_step(params, batch: dict, class_weights: jax.Array, *, model: nn.Module, cfg: StepConfig):
+  """Probabilities and the masked, weighted loss sums of one eval batch; no augmentation, no dropout."""
+  images = normalize(batch["image"], cfg.mean, cfg.std)
+  logits = model.apply({"params": params}, images, train=False)
+  targets = jax.nn.one_hot(batch["label"], cfg.num_classes)
+  weighted_ce, weights = weighted_cross_entropy_terms(logits, targets, class_weights, cfg.label_smoothing)
+  mask = batch["mask"]
+  metrics = {
+      "loss_sum": jax.lax.psum((weighted_ce * mask).sum(), AXIS),
+      "weight_sum": jax.lax.psum((weights * mask).sum(), AXIS),
+  }
+  return metrics, jax.nn.softmax(logits)
+
+
+def pmapped_steps(model: nn.Module, tx: optax.GradientTransformation, cfg: StepConfig) -> tuple[Callable, Callable]:
+  """(train_step, eval_step) compiled with pmap; the train state buffer is donated."""
+  p_train = jax.pmap(functools.partial(train_step, model=model, tx=tx, cfg=cfg),
+                     axis_name=AXIS, donate_argnums=(0,))
+  p_eval = jax.pmap(functools.partial(eval_step, model=model, cfg=cfg), axis_name=AXIS)
+  return p_train, p_eval

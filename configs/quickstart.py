@@ -1,0 +1,20 @@
+"""Quickstart: a small ConvNeXt on the bundled 320-image sample; a few minutes on 2 CPU cores.
+
+It shows the whole pipeline (loading, class weights, Lion, pmap, metrics, checkpoints), not a
+useful model: 256 training images are far too few. Expect validation accuracy around 0.5-0.7.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.data.source = "sample"
+  config.data.image_size = 64
+  config.model.variant = "atto"
+  config.model.depths = (1, 1, 2, 1)
+  config.model.dims = (32, 64, 128, 256)
+  config.optim.learning_rate = 5e-4
+  config.train.batch_size = 32
+  config.train.num_epochs = 8
+  return config

@@ -1,0 +1,64 @@
+"""Train, evaluate or predict with a blood-cell classifier.
+
+  python main.py --config configs/quickstart.py
+  python main.py --config configs/cpu_small.py --config.optim.learning_rate=3e-4
+  python main.py --mode=eval --workdir checkpoints/quickstart --data path/to/labelled_data
+  python main.py --mode=predict --workdir checkpoints/quickstart --data path/to/images
+
+Bad input (data, config values, paths) is reported as one line and exit status 2.
+"""
+
+import os
+import sys
+
+import bloodcell_jax  # noqa: F401  (selects the JAX backend before JAX loads)
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from bloodcell_jax import inference, train
+from bloodcell_jax.errors import UserInputError
+
+MODES = ("train", "eval", "predict")
+
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); fields overridable as --config.x.y=v.")
+flags.DEFINE_string("workdir", None, "Run directory. Default: checkpoints/<config file name>.")
+flags.DEFINE_enum("mode", "train", MODES, "What to do.")
+flags.DEFINE_string("data", None, "eval/predict: data to run on (default for eval: the run's validation split).")
+flags.DEFINE_string("output", None, "predict: CSV path (default: <workdir>/predictions.csv).")
+flags.DEFINE_enum("checkpoint", "best", ("best", "last"), "eval/predict: which checkpoint of the run.")
+FLAGS = flags.FLAGS
+
+
+def default_workdir(config_path: str) -> str:
+  name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
+  return os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", name)
+
+
+def run(argv) -> None:
+  if len(argv) > 1:
+    raise UserInputError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.mode == "train":
+    if FLAGS.config is None:
+      raise UserInputError("--config is required to train (for example --config configs/quickstart.py)")
+    workdir = FLAGS.workdir or default_workdir(flags.FLAGS["config"].config_filename)
+    train.train_and_evaluate(FLAGS.config, workdir)
+    logging.info("run directory: %s", workdir)
+    return
+  if not FLAGS.workdir:
+    raise UserInputError(f"--mode={FLAGS.mode} needs --workdir (the run directory of a trained model)")
+  if FLAGS.mode == "eval":
+    inference.run_eval(FLAGS.workdir, FLAGS.data, FLAGS.checkpoint)
+  else:
+    inference.run_predict(FLAGS.workdir, FLAGS.data, FLAGS.output, FLAGS.checkpoint)
+
+
+def main(argv) -> None:
+  try:
+    run(argv)
+  except UserInputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+  app.run(main)
