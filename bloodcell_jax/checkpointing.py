@@ -37,6 +37,11 @@ class RunCheckpoints:
   def latest_step(self) -> int | None:
     return self.last.latest_step()
 
+  def latest_meta(self) -> dict:
+    """The JSON item of the newest checkpoint, read without touching the (large) state."""
+    step = self.last.latest_step()
+    return dict(self.last.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+
   def restore_latest(self, target: Any) -> tuple[Any, dict]:
     step = self.last.latest_step()
     restored = self.last.restore(step, args=ocp.args.Composite(

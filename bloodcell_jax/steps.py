@@ -32,12 +32,24 @@ class TrainState(struct.PyTreeNode):
   rng: jax.Array  # base key (raw uint32[2]); each step folds in the step and the device index
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_size: int,
-                       seed: int) -> TrainState:
-  init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
-  params = jax.jit(functools.partial(model.init, train=False))(
+def init_params(model: nn.Module, image_size: int, seed: int):
+  """Freshly initialised parameters; a pure function of (model, image_size, seed)."""
+  init_key = jax.random.split(jax.random.PRNGKey(seed))[0]
+  return jax.jit(functools.partial(model.init, train=False))(
       init_key, jnp.zeros((1, image_size, image_size, 3), jnp.float32))["params"]
+
+
+def create_train_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
+  train_key = jax.random.split(jax.random.PRNGKey(seed))[1]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_key)
+
+
+def unreplicate(tree):
+  """The first device's copy of a pmap-replicated pytree, leading device axis removed.
+
+  (flax.jax_utils.unreplicate keeps that axis when pmap runs on a subset of the local devices.)
+  """
+  return jax.tree.map(lambda x: x.addressable_shards[0].data[0], tree)
 
 
 def normalize(images: jax.Array, mean, std) -> jax.Array:
@@ -87,7 +99,7 @@ def train_step(state: TrainState, batch: dict, class_weights: jax.Array, *, mode
   metrics = {
       "loss_sum": jax.lax.psum(ce_sum, AXIS),
       "weight_sum": jax.lax.psum(weight_sum, AXIS),
-      "grad_norm": optax.global_norm(grads),
+      "grad_norm": optax.tree.norm(grads),
   }
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, metrics, jax.nn.softmax(logits)

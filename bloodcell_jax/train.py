@@ -27,7 +27,7 @@ from bloodcell_jax.errors import UserInputError
 from bloodcell_jax.losses import class_weights as compute_class_weights
 from bloodcell_jax.metrics import classification_metrics
 from bloodcell_jax.models import create_model
-from bloodcell_jax.steps import StepConfig, TrainState, create_train_state, pmapped_steps
+from bloodcell_jax.steps import StepConfig, create_train_state, init_params, pmapped_steps, unreplicate
 
 
 def check_batch_size(global_batch: int, num_devices: int) -> int:
@@ -85,11 +85,30 @@ def _truncate_metrics(path: str, last_epoch: int) -> None:
   os.replace(path + ".tmp", path)
 
 
+def architecture_signature(config: ml_collections.ConfigDict) -> dict:
+  """The config fields that give parameters their shapes; a checkpoint only fits the same ones.
+
+  (Compute dtype, dropout rates and the depthwise implementation may change on resume.)
+  """
+  keys = ("name", "variant", "depths", "dims")
+  return json.loads(json.dumps({k: config.model.get(k) for k in keys} | {"num_classes": NUM_CLASSES}))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir`; returns the last epoch's metrics row."""
   num_devices = jax.local_device_count()
   check_batch_size(config.train.batch_size, num_devices)
   os.makedirs(workdir, exist_ok=True)
+  checkpoints = checkpointing.RunCheckpoints(workdir, config.checkpoint.keep)
+  model_signature = architecture_signature(config)
+  resuming = checkpoints.latest_step() is not None
+  if resuming:
+    saved_model = checkpoints.latest_meta()["model"]
+    if saved_model != model_signature:
+      changed = sorted(k for k in set(saved_model) | set(model_signature)
+                       if saved_model.get(k) != model_signature.get(k))
+      raise UserInputError(f"{workdir}: holds checkpoints of another model (model.{', model.'.join(changed)} "
+                           "differ); use another --workdir")
   write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
 
   data = load_train_val(config.data)
@@ -113,24 +132,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   steps_per_epoch = pipeline.steps_per_epoch(len(data.train), global_batch)
   num_epochs = config.train.num_epochs
   schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, num_epochs)
-  abstract_params = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, config.data.image_size, config.data.image_size, 3)))
-  )["params"]
-  tx = optim.create_optimizer(config.optim, abstract_params, schedule)
-  state = create_train_state(model, tx, config.data.image_size, config.seed)
+  params = init_params(model, config.data.image_size, config.seed)
+  tx = optim.create_optimizer(config.optim, params, schedule)
+  state = create_train_state(params, tx, config.seed)
   logging.info("model %s: %.2fM parameters", config.model.name,
                sum(x.size for x in jax.tree.leaves(state.params)) / 1e6)
 
-  checkpoints = checkpointing.RunCheckpoints(workdir, config.checkpoint.keep)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   monitor = config.train.monitor_metric
   first_epoch, best, bad_epochs = 0, -np.inf, 0
-  model_signature = json.loads(config.model.to_json_best_effort())
-  if checkpoints.latest_step() is not None:
+  if resuming:
     state, meta = checkpoints.restore_latest(state)
-    if meta["model"] != model_signature:
-      raise UserInputError(f"{workdir}: holds checkpoints of another model ({meta['model']}); "
-                           "use another --workdir")
     first_epoch, best, bad_epochs = meta["epoch"] + 1, meta["best"], meta["bad_epochs"]
     _truncate_metrics(metrics_path, meta["epoch"])
     logging.info("resumed from %s at epoch %d (step %d)", workdir, first_epoch, int(state.step))
@@ -175,7 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     best, bad_epochs = (value, 0) if is_best else (best, bad_epochs + 1)
     meta = {"epoch": epoch, "step": step, "best": float(best), "bad_epochs": bad_epochs,
             "monitor": monitor, "model": model_signature, "class_names": list(CLASS_NAMES)}
-    checkpoints.save(step, jax_utils.unreplicate(replicated), meta, is_best)
+    checkpoints.save(step, unreplicate(replicated), meta, is_best)
     patience = config.train.early_stopping_patience
     if patience and bad_epochs >= patience:
       logging.info("early stopping: val %s has not improved for %d epochs", monitor, patience)

@@ -41,7 +41,7 @@ def resolve_path(source: str) -> str:
   return SAMPLE_DIR if source == "sample" else os.path.expanduser(source)
 
 
-def load_source(source: str, image_size: int, min_classes: int = 1,
+def load_source(source: str, image_size: int, min_classes: int = 0,
                 allow_unlabelled: bool = False) -> dict[str, ImageSet]:
   """Reads `source` into {"all": ...} or, for MedMNIST files, {"train", "val", "test"}.
 
@@ -57,7 +57,7 @@ def load_source(source: str, image_size: int, min_classes: int = 1,
     sets = _load_npz(path, image_size, allow_unlabelled)
   present = np.unique(np.concatenate([s.labels for s in sets.values()]))
   present = present[present >= 0]
-  if len(present) < min_classes:
+  if min_classes and len(present) < min_classes:
     raise UserInputError(
         f"{path}: only {len(present)} class(es) present ({', '.join(CLASS_NAMES[i] for i in present)}); "
         f"at least {min_classes} are needed to train a classifier")

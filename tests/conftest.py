@@ -1,0 +1,48 @@
+"""Shared fixtures. Four fake CPU devices, set before JAX loads, so pmap paths run everywhere."""
+
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import bloodcell_jax  # noqa: E402,F401  (selects the CPU backend quietly)
+import pytest  # noqa: E402
+
+PBC96 = os.path.join(ROOT, "..", "shared", "data", "pbc96")
+
+
+@pytest.fixture
+def pbc96_dir():
+  if not os.path.isdir(PBC96):
+    pytest.skip(f"real data not found at {os.path.normpath(PBC96)} (it sits beside the repository in CI)")
+  return PBC96
+
+
+def tiny_config(**overrides):
+  """A ConvNeXt small enough to compile and train in seconds on 32x32 inputs."""
+  from configs import default
+  config = default.get_config()
+  config.data.image_size = 32
+  config.model.depths = (1, 1, 1, 1)
+  config.model.dims = (8, 16, 24, 32)
+  config.model.drop_path_rate = 0.0
+  config.train.batch_size = 16
+  config.train.num_epochs = 2
+  config.optim.learning_rate = 1e-3
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def run_main(args, devices=1, timeout=600):
+  """Runs main.py in a subprocess with `devices` fake CPU devices; returns CompletedProcess."""
+  import subprocess
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, os.path.join(ROOT, "main.py")] + list(args), cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)

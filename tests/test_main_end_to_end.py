@@ -1,0 +1,74 @@
+"""main.py as a user runs it: train on the bundled sample over 2 devices, resume, eval, predict."""
+
+import csv
+import json
+import os
+
+import numpy as np
+
+from bloodcell_jax.classes import CLASS_NAMES
+from conftest import run_main
+
+TINY = ["--config", "configs/quickstart.py", "--config.data.image_size=32", "--config.model.depths=(1,1,1,1)",
+        "--config.model.dims=(8,16,24,32)", "--config.train.batch_size=32"]
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_train_resume_eval_predict(tmp_path):
+  workdir = str(tmp_path / "run")
+  first = run_main(TINY + [f"--workdir={workdir}", "--config.train.num_epochs=2"], devices=2)
+  assert first.returncode == 0, first.stderr[-3000:]
+  rows = _rows(workdir)
+  assert [r["epoch"] for r in rows] == [0, 1]
+  assert rows[1]["step"] == 2 * (256 // 32)  # 256 of the 320 sample images train
+  for split in ("train", "val"):
+    for key in ("loss", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1",
+                "macro_auc", "per_class_recall"):
+      assert key in rows[1][split]
+  assert np.isfinite(rows[1]["val"]["loss"])
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["model"]["dims"] == [8, 16, 24, 32]
+  with open(os.path.join(workdir, "split.json")) as f:
+    split = json.load(f)
+  assert len(split["train_ids"]) == 256 and len(split["val_ids"]) == 64
+  assert set(split["train_ids"]).isdisjoint(split["val_ids"])
+
+  # The same command with more epochs resumes after epoch 2 instead of starting over.
+  second = run_main(TINY + [f"--workdir={workdir}", "--config.train.num_epochs=3"], devices=1)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "resumed from" in second.stderr
+  assert [r["epoch"] for r in _rows(workdir)] == [0, 1, 2]
+  assert _rows(workdir)[2]["step"] == 3 * 8
+
+  # A checkpoint of another model is refused.
+  other = run_main(TINY[:3] + ["--config.model.name=cnn", f"--workdir={workdir}"], devices=1)
+  assert other.returncode == 2 and "another model" in other.stderr
+
+  evaluated = run_main(["--mode=eval", f"--workdir={workdir}"], devices=2)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  with open(os.path.join(workdir, "eval", "validation.json")) as f:
+    result = json.load(f)
+  assert result["num_images"] == 64
+  assert np.array(result["confusion_matrix"]).sum() == 64
+  assert "confusion matrix" in evaluated.stdout
+
+  out = str(tmp_path / "pred.csv")
+  predicted = run_main(["--mode=predict", f"--workdir={workdir}", "--data=sample", f"--output={out}"])
+  assert predicted.returncode == 0, predicted.stderr[-3000:]
+  with open(out) as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == ["id", "predicted"] + [f"p_{c}" for c in CLASS_NAMES]
+  assert len(rows) == 321
+  probs = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+  np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+  assert all(r[1] == CLASS_NAMES[int(np.argmax(p))] for r, p in zip(rows[1:], probs))
+
+
+def test_eval_without_a_run_is_a_clear_error(tmp_path):
+  result = run_main(["--mode=eval", f"--workdir={tmp_path}"])
+  assert result.returncode == 2
+  assert "config.json: missing" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,111 @@
+"""The pmapped train step: device-count invariance, freezing, and the eval step's padding mask."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import jax_utils
+
+from bloodcell_jax import optim
+from bloodcell_jax.models import create_model
+from bloodcell_jax.steps import AXIS, StepConfig, create_train_state, eval_step, init_params, train_step, unreplicate
+from conftest import tiny_config
+
+CFG = StepConfig(num_classes=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), l2=1e-3)
+
+
+def _setup(config):
+  model = create_model(config.model, 8)
+  schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch=5, num_epochs=2)
+  params = init_params(model, config.data.image_size, seed=0)
+  tx = optim.create_optimizer(config.optim, params, schedule)
+  return model, tx, create_train_state(params, tx, seed=0)
+
+
+def _batches(n_steps, batch, size, seed=0):
+  rng = np.random.default_rng(seed)
+  return [{"image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
+           "label": rng.integers(0, 8, batch).astype(np.int32)} for _ in range(n_steps)]
+
+
+def _train(num_devices, config, batches, weights):
+  model, tx, state = _setup(config)
+  devices = jax.local_devices()[:num_devices]
+  step = jax.pmap(functools.partial(train_step, model=model, tx=tx, cfg=CFG), axis_name=AXIS, devices=devices)
+  state = jax_utils.replicate(state, devices)
+  w = jax_utils.replicate(jnp.asarray(weights), devices)
+  losses = []
+  for b in batches:
+    sharded = jax.tree.map(lambda x: x.reshape((num_devices, -1) + x.shape[1:]), b)
+    state, metrics, _ = step(state, sharded, w)
+    losses.append(float(metrics["loss_sum"][0] / metrics["weight_sum"][0]))
+  return losses, unreplicate(state)
+
+
+@pytest.mark.parametrize("optimizer", ["lion", "adamw"])
+def test_loss_and_params_do_not_depend_on_device_count(optimizer):
+  if jax.local_device_count() < 4:
+    pytest.skip("needs 4 (fake) devices: XLA_FLAGS=--xla_force_host_platform_device_count=4")
+  config = tiny_config(**{"data.augment": "none", "optim.name": optimizer})
+  batches = _batches(5, 16, 32)
+  weights = np.linspace(0.5, 2.0, 8).astype(np.float32)
+  results = {n: _train(n, config, batches, weights) for n in (1, 2, 4)}
+  for n in (2, 4):
+    np.testing.assert_allclose(results[n][0], results[1][0], atol=1e-5)
+    if optimizer == "lion":
+      continue  # sign(update) flips on gradient entries within rounding of 0: params differ by 2*lr there
+    for a, b in zip(jax.tree.leaves(results[n][1].params), jax.tree.leaves(results[1][1].params)):
+      np.testing.assert_allclose(a, b, atol=1e-5)
+  assert results[1][0][-1] < results[1][0][0]  # it learns the (random) batches
+
+
+@pytest.mark.parametrize("trainable, unfreeze, trained_tops", [
+    ("head", 0, {"head_norm", "head_fc"}),
+    ("last_stages", 1, {"head_norm", "head_fc", "stages_3"}),
+])
+def test_frozen_parameters_stay_bit_identical(trainable, unfreeze, trained_tops):
+  config = tiny_config(**{"optim.trainable": trainable, "optim.unfreeze_stages": unfreeze, "optim.weight_decay": 0.1})
+  _, _, initial = _setup(config)
+  _, final = _train(1, config, _batches(3, 16, 32), np.ones(8, np.float32))
+  for top in initial.params:
+    same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(initial.params[top]),
+                                                    jax.tree.leaves(final.params[top])))
+    assert same == (top not in trained_tops), top
+
+
+def test_decay_mask_spares_norms_biases_and_layer_scales():
+  _, _, state = _setup(tiny_config())
+  mask = optim.decay_mask(state.params)
+  block = mask["stages_0"]["blocks_0"]
+  assert block["conv_dw"]["kernel"] and block["mlp_fc1"]["kernel"]
+  assert not block["gamma"] and not block["norm"]["scale"] and not block["mlp_fc1"]["bias"]
+  assert not mask["head_norm"]["scale"] and mask["head_fc"]["kernel"]
+
+
+def test_eval_step_ignores_padding():
+  config = tiny_config()
+  model, _, state = _setup(config)
+  data = _batches(1, 8, 32)[0]
+  step = jax.pmap(functools.partial(eval_step, model=model, cfg=CFG), axis_name=AXIS,
+                  devices=jax.local_devices()[:1])
+  params = jax_utils.replicate(state.params, jax.local_devices()[:1])
+  w = jax_utils.replicate(jnp.ones(8), jax.local_devices()[:1])
+  full, probs_full = step(params, {"image": data["image"][None, :6], "label": data["label"][None, :6],
+                                   "mask": np.ones((1, 6), np.float32)}, w)
+  padded = {"image": data["image"][None].copy(), "label": data["label"][None].copy(),
+            "mask": np.array([[1, 1, 1, 1, 1, 1, 0, 0]], np.float32)}
+  masked, probs = step(params, padded, w)
+  np.testing.assert_allclose(masked["loss_sum"], full["loss_sum"], rtol=1e-6)
+  assert float(masked["weight_sum"][0]) == 6.0
+  np.testing.assert_allclose(probs[0, :6], probs_full[0], rtol=1e-6)
+
+
+def test_warmup_cosine_schedule_values():
+  config = tiny_config(**{"optim.warmup_epochs": 1.0, "optim.min_lr_ratio": 0.1, "optim.learning_rate": 1.0})
+  schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch=10, num_epochs=3)
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(5)) == pytest.approx(0.5)
+  assert float(schedule(10)) == pytest.approx(1.0)
+  assert float(schedule(30)) == pytest.approx(0.1)
