@@ -8,6 +8,7 @@
 Bad input (data, config values, paths) is reported as one line and exit status 2.
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -52,7 +53,15 @@ def run(argv) -> None:
     inference.run_predict(FLAGS.workdir, FLAGS.data, FLAGS.output, FLAGS.checkpoint)
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Keeps Orbax's per-save INFO chatter off the console; its warnings and errors still show."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
 def main(argv) -> None:
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     run(argv)
   except UserInputError as e:

@@ -18,6 +18,7 @@ from flax import jax_utils
 from tqdm import tqdm
 
 from bloodcell_jax import checkpointing, optim
+from bloodcell_jax.augment import POLICIES
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
 from bloodcell_jax.data import pipeline
 from bloodcell_jax.data.prepare import load_train_val
@@ -27,6 +28,7 @@ from bloodcell_jax.errors import UserInputError
 from bloodcell_jax.losses import class_weights as compute_class_weights
 from bloodcell_jax.metrics import classification_metrics
 from bloodcell_jax.models import create_model
+from bloodcell_jax.models.depthwise import IMPLEMENTATIONS
 from bloodcell_jax.steps import StepConfig, create_train_state, init_params, pmapped_steps, unreplicate
 
 
@@ -85,6 +87,34 @@ def _truncate_metrics(path: str, last_epoch: int) -> None:
   os.replace(path + ".tmp", path)
 
 
+METRICS = ("loss", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "macro_auc")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Rejects values that would otherwise fail deep inside tracing, with the field's name."""
+  choices = {
+      "data.augment": (config.data.augment, POLICIES),
+      "model.depthwise_impl": (config.model.depthwise_impl, IMPLEMENTATIONS),
+      "optim.name": (config.optim.name, optim.OPTIMIZERS),
+      "optim.trainable": (config.optim.trainable, optim.TRAINABLE),
+      "optim.schedule": (config.optim.schedule, ("cosine", "constant")),
+      "train.monitor_metric": (config.train.monitor_metric, METRICS),
+  }
+  for field, (value, allowed) in choices.items():
+    if value not in allowed:
+      raise UserInputError(f"config: {field}={value!r} is not one of {', '.join(allowed)}")
+  if not 0.0 < config.data.val_fraction < 1.0:
+    raise UserInputError(f"config: data.val_fraction={config.data.val_fraction} must lie in (0, 1)")
+  if config.data.image_size < 32:
+    raise UserInputError(f"config: data.image_size={config.data.image_size} is below the minimum of 32")
+  if config.train.num_epochs < 1:
+    raise UserInputError(f"config: train.num_epochs={config.train.num_epochs} must be at least 1")
+  try:
+    create_model(config.model, NUM_CLASSES)
+  except ValueError as e:
+    raise UserInputError(f"config: {e}") from None
+
+
 def architecture_signature(config: ml_collections.ConfigDict) -> dict:
   """The config fields that give parameters their shapes; a checkpoint only fits the same ones.
 
@@ -96,6 +126,7 @@ def architecture_signature(config: ml_collections.ConfigDict) -> dict:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir`; returns the last epoch's metrics row."""
+  validate_config(config)
   num_devices = jax.local_device_count()
   check_batch_size(config.train.batch_size, num_devices)
   os.makedirs(workdir, exist_ok=True)

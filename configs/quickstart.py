@@ -16,5 +16,5 @@ def get_config():
   config.model.dims = (32, 64, 128, 256)
   config.optim.learning_rate = 5e-4
   config.train.batch_size = 32
-  config.train.num_epochs = 8
+  config.train.num_epochs = 15
   return config

@@ -151,3 +151,16 @@ def test_pbc96_loads_with_all_classes(pbc96_dir, tmp_path):
   data = load_source(str(tmp_path), 96)["all"]
   np.testing.assert_array_equal(np.bincount(data.labels), [3] * 8)
   assert data.images.shape == (24, 96, 96, 3)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("--config.optim.name=adam", "optim.name='adam' is not one of lion, adamw, sgd"),
+    ("--config.model.variant=huge", "unknown ConvNeXt variant 'huge'"),
+    ("--config.data.augment=heavy", "data.augment='heavy'"),
+    ("--config.data.val_fraction=1.5", "data.val_fraction=1.5 must lie in (0, 1)"),
+])
+def test_main_rejects_bad_config_values(tmp_path, override, expected):
+  result = run_main(["--config", "configs/quickstart.py", f"--workdir={tmp_path / 'run'}", override])
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert f"error: config: {expected}" in result.stderr and "Traceback" not in result.stderr
+  assert not os.path.exists(tmp_path / "run" / "config.json")

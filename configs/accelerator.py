@@ -1,0 +1,28 @@
+"""Shared settings of the ConvNeXt configs meant for a GPU or TPU (convnext_<size>.py).
+
+96x96 inputs (the data's native size; ConvNeXt is fully convolutional), bfloat16 compute with
+float32 parameters and optimiser state, Lion with balanced class weights, training from scratch
+until the porting of ImageNet weights lands.
+"""
+
+from configs import default
+
+# Stochastic depth rates from the ConvNeXt paper's ImageNet-1k recipes, per size.
+DROP_PATH = {"atto": 0.0, "femto": 0.0, "pico": 0.0, "nano": 0.05, "tiny": 0.1, "small": 0.4, "base": 0.5,
+             "large": 0.5, "xlarge": 0.5}
+
+
+def convnext_config(variant: str):
+  config = default.get_config()
+  config.data.source = "../shared/data/pbc96"
+  config.data.image_size = 96
+  config.model.variant = variant
+  config.model.drop_path_rate = DROP_PATH[variant]
+  config.model.dtype = "bfloat16"
+  config.optim.learning_rate = 2e-4
+  config.optim.weight_decay = 0.05
+  config.optim.warmup_epochs = 2.0
+  config.train.batch_size = 128
+  config.train.num_epochs = 60
+  config.train.early_stopping_patience = 15
+  return config
