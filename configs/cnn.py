@@ -16,5 +16,5 @@ def get_config():
   config.optim.learning_rate = 3e-4
   config.optim.weight_decay = 0.01
   config.train.batch_size = 64
-  config.train.num_epochs = 15
+  config.train.num_epochs = 12
   return config
