@@ -17,7 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bloodcell_jax import inference, train
-from bloodcell_jax.errors import UserInputError
+from bloodcell_jax.errors import TrainingDiverged, UserInputError
 
 MODES = ("train", "eval", "predict")
 
@@ -64,7 +64,7 @@ def main(argv) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     run(argv)
-  except UserInputError as e:
+  except (UserInputError, TrainingDiverged) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(e.exit_code)
 

@@ -5,3 +5,9 @@ class UserInputError(Exception):
   """Bad data, a bad config value or a bad path; the message names the file and the problem."""
 
   exit_code = 2
+
+
+class TrainingDiverged(Exception):
+  """The loss became NaN or inf; the message names the epoch and step. Reported in one line."""
+
+  exit_code = 1

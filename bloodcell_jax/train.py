@@ -24,7 +24,7 @@ from bloodcell_jax.data import pipeline
 from bloodcell_jax.data.prepare import load_train_val
 from bloodcell_jax.data.split import save_split
 from bloodcell_jax.data.sources import ImageSet, resolve_path
-from bloodcell_jax.errors import UserInputError
+from bloodcell_jax.errors import TrainingDiverged, UserInputError
 from bloodcell_jax.losses import class_weights as compute_class_weights
 from bloodcell_jax.metrics import classification_metrics
 from bloodcell_jax.models import create_model
@@ -76,6 +76,15 @@ def _summary(metrics: dict) -> str:
   return " ".join(f"{k.replace('balanced_accuracy', 'bal_acc')} {metrics[k]:.4f}" for k in keys if k in metrics)
 
 
+def _finite_or_null(obj):
+  """NaN/inf (an AUC with one class present) become null, so metrics.jsonl is strict JSON."""
+  if isinstance(obj, dict):
+    return {k: _finite_or_null(v) for k, v in obj.items()}
+  if isinstance(obj, float) and not np.isfinite(obj):
+    return None
+  return obj
+
+
 def _truncate_metrics(path: str, last_epoch: int) -> None:
   """Drops rows written after the checkpoint being resumed from (a run killed mid-epoch)."""
   if not os.path.exists(path):
@@ -113,6 +122,32 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     create_model(config.model, NUM_CLASSES)
   except ValueError as e:
     raise UserInputError(f"config: {e}") from None
+
+
+def train_one_epoch(p_train, state, data: ImageSet, class_weights, epoch: int, num_epochs: int,
+                    config: ml_collections.ConfigDict, num_devices: int):
+  """Runs one epoch of pmapped steps; returns the new (replicated) state and the epoch's train metrics.
+
+  Metrics and probabilities stay on the devices until the epoch ends, so the host never waits
+  for a step inside the loop.
+  """
+  global_batch = config.train.batch_size
+  step_metrics, probs, labels = [], [], []
+  batches = pipeline.to_devices(pipeline.train_batches(data, global_batch, num_devices, config.seed, epoch),
+                                config.train.prefetch)
+  for batch in tqdm(batches, total=pipeline.steps_per_epoch(len(data), global_batch),
+                    desc=f"epoch {epoch + 1}/{num_epochs}", leave=False, disable=None):
+    state, metrics, batch_probs = p_train(state, batch, class_weights)
+    step_metrics.append(metrics)
+    probs.append(batch_probs)
+    labels.append(batch["label"])
+  step_metrics, probs, labels = jax.device_get((step_metrics, probs, labels))
+  weight_sum = sum(m["weight_sum"][0] for m in step_metrics)
+  loss = float(sum(m["loss_sum"][0] for m in step_metrics) / max(weight_sum, 1e-12))
+  result = classification_metrics(np.concatenate([l.reshape(-1) for l in labels]),
+                                   np.concatenate([p.reshape(-1, NUM_CLASSES) for p in probs]))
+  result["loss"] = loss
+  return state, result
 
 
 def architecture_signature(config: ml_collections.ConfigDict) -> dict:
@@ -185,43 +220,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   del state
   class_weights = jax_utils.replicate(jnp.asarray(weights))
   row = {}
-  for epoch in range(first_epoch, num_epochs):
-    start = time.time()
-    step_metrics, train_probs, train_labels = [], [], []
-    batches = pipeline.to_devices(pipeline.train_batches(
-        data.train, global_batch, num_devices, config.seed, epoch), config.train.prefetch)
-    for batch in tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{num_epochs}",
-                      leave=False, disable=None):
-      replicated, metrics, probs = p_train(replicated, batch, class_weights)
-      step_metrics.append(metrics)
-      train_probs.append(probs)
-      train_labels.append(batch["label"])
-    fetched = jax.device_get((step_metrics, train_probs, train_labels))
-    loss = sum(m["loss_sum"][0] for m in fetched[0]) / max(sum(m["weight_sum"][0] for m in fetched[0]), 1e-12)
-    step = int(jax.device_get(replicated.step[0]))
-    if not np.isfinite(loss):
-      raise FloatingPointError(f"training loss became {loss} during epoch {epoch + 1} (by step {step}); "
-                               "lower optim.learning_rate or set optim.grad_clip_norm")
-    train_metrics = classification_metrics(np.concatenate([l.reshape(-1) for l in fetched[2]]),
-                                           np.concatenate([p.reshape(-1, NUM_CLASSES) for p in fetched[1]]))
-    train_metrics["loss"] = float(loss)
-    val_metrics, _ = evaluate(p_eval, replicated.params, data.val, class_weights, global_batch, num_devices)
-    row = {"epoch": epoch, "step": step, "learning_rate": float(schedule(step)),
-           "time_s": round(time.time() - start, 2), "train": train_metrics, "val": val_metrics}
-    with open(metrics_path, "a") as f:
-      f.write(json.dumps(row) + "\n")
-    logging.info("epoch %d/%d  train %s | val %s  (%.1fs)", epoch + 1, num_epochs, _summary(train_metrics),
-                 _summary(val_metrics), row["time_s"])
+  try:
+    for epoch in range(first_epoch, num_epochs):
+      start = time.time()
+      replicated, train_metrics = train_one_epoch(p_train, replicated, data.train, class_weights, epoch,
+                                                  num_epochs, config, num_devices)
+      step = int(jax.device_get(replicated.step[0]))
+      if not np.isfinite(train_metrics["loss"]):
+        raise TrainingDiverged(f"training loss became {train_metrics['loss']} during epoch {epoch + 1} (by step "
+                               f"{step}); the last good checkpoint is kept in {workdir}; lower "
+                               "optim.learning_rate or set optim.grad_clip_norm")
+      val_metrics, _ = evaluate(p_eval, replicated.params, data.val, class_weights, global_batch, num_devices)
+      row = {"epoch": epoch, "step": step, "learning_rate": float(schedule(step)),
+             "time_s": round(time.time() - start, 2), "train": train_metrics, "val": val_metrics}
+      with open(metrics_path, "a") as f:
+        f.write(json.dumps(_finite_or_null(row)) + "\n")
+      logging.info("epoch %d/%d  train %s | val %s  (%.1fs)", epoch + 1, num_epochs, _summary(train_metrics),
+                   _summary(val_metrics), row["time_s"])
 
-    value = val_metrics[monitor] if monitor != "loss" else -val_metrics["loss"]
-    is_best = value > best
-    best, bad_epochs = (value, 0) if is_best else (best, bad_epochs + 1)
-    meta = {"epoch": epoch, "step": step, "best": float(best), "bad_epochs": bad_epochs,
-            "monitor": monitor, "model": model_signature, "class_names": list(CLASS_NAMES)}
-    checkpoints.save(step, unreplicate(replicated), meta, is_best)
-    patience = config.train.early_stopping_patience
-    if patience and bad_epochs >= patience:
-      logging.info("early stopping: val %s has not improved for %d epochs", monitor, patience)
-      break
-  checkpoints.close()
+      value = val_metrics[monitor] if monitor != "loss" else -val_metrics["loss"]
+      is_best = value > best
+      best, bad_epochs = (value, 0) if is_best else (best, bad_epochs + 1)
+      meta = {"epoch": epoch, "step": step, "best": float(best), "bad_epochs": bad_epochs,
+              "monitor": monitor, "model": model_signature, "class_names": list(CLASS_NAMES)}
+      checkpoints.save(step, unreplicate(replicated), meta, is_best)
+      patience = config.train.early_stopping_patience
+      if patience and bad_epochs >= patience:
+        logging.info("early stopping: val %s has not improved for %d epochs", monitor, patience)
+        break
+  finally:
+    checkpoints.close()  # waits for the last asynchronous save
   return row

@@ -72,3 +72,23 @@ def test_eval_without_a_run_is_a_clear_error(tmp_path):
   result = run_main(["--mode=eval", f"--workdir={tmp_path}"])
   assert result.returncode == 2
   assert "config.json: missing" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_early_stopping_when_the_metric_stops_improving(tmp_path):
+  # With a zero learning rate nothing changes after epoch 1, so patience 1 stops after epoch 2.
+  workdir = str(tmp_path / "run")
+  result = run_main(TINY + [f"--workdir={workdir}", "--config.optim.learning_rate=0.0",
+                            "--config.train.early_stopping_patience=1", "--config.train.num_epochs=5"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert [r["epoch"] for r in _rows(workdir)] == [0, 1]
+  assert "early stopping" in result.stderr
+
+
+def test_diverging_loss_stops_with_one_line(tmp_path):
+  result = run_main(TINY + [f"--workdir={tmp_path / 'run'}", "--config.optim.name=sgd",
+                            "--config.optim.learning_rate=1e30", "--config.optim.grad_clip_norm=0",
+                            "--config.optim.warmup_epochs=0", "--config.train.num_epochs=1"])
+  assert result.returncode == 1
+  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "training loss became nan during epoch 1" in errors[0]
+  assert "Traceback" not in result.stderr
