@@ -1,58 +1,132 @@
 """Orbax checkpoints of a run: the last few by step under `checkpoints/`, the best one under `best/`.
 
-The state is saved unreplicated (one copy, not one per device), so a checkpoint restores on any
-device count. Saves are asynchronous: training continues while Orbax writes; `close()` waits.
-Beside the state, a small JSON item records the epoch, the best metric so far and the model
-config, which resume uses to refuse a checkpoint of another model.
+Each checkpoint holds three items: `state` (parameters, optimiser state, step, RNG key, saved
+unreplicated so it restores on any device count), `progress` (the epoch, the position in its
+permutation and the epoch's partial metrics, see progress.py) and `meta` (JSON: best metric so far,
+early-stopping count, the architecture). Saves are asynchronous; Orbax writes into a temporary
+directory and renames it when complete, so a kill during a save leaves the previous checkpoints as
+they were. Restoring walks back from the newest checkpoint past damaged ones, with a warning.
 """
 
+import datetime
 import os
+import shutil
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+
+from bloodcell_jax.errors import CheckpointWriteError, UserInputError
 
 LAST_DIR = "checkpoints"
 BEST_DIR = "best"
+ITEMS = ("state", "progress", "meta")
 
 
 def _manager(directory: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "meta"))
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS)
+
+
+def tree_bytes(tree: Any) -> int:
+  return sum(np.asarray(x).nbytes if not hasattr(x, "nbytes") else int(x.nbytes) for x in jax.tree.leaves(tree))
+
+
+def preflight(workdir: str, checkpoint_bytes: int, keep: int) -> None:
+  """Fails early, with one line, when the run directory cannot hold the checkpoints."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write-test")
+    with open(probe, "wb") as f:
+      f.write(b"0" * 4096)
+    os.remove(probe)
+  except OSError as e:
+    raise UserInputError(f"{workdir}: run directory is not writable ({e.strerror or e})") from None
+  needed = (keep + 2) * checkpoint_bytes  # `keep` last ones, the best, one being written
+  free = shutil.disk_usage(workdir).free
+  if free < needed:
+    raise UserInputError(f"{workdir}: only {free / 2**20:.0f} MiB free on its disk; checkpoints need about "
+                         f"{needed / 2**20:.0f} MiB ({keep + 2} x {checkpoint_bytes / 2**20:.1f} MiB)")
 
 
 class RunCheckpoints:
   """The checkpoints of one run directory."""
 
   def __init__(self, workdir: str, keep: int):
+    self.workdir = workdir
+    self._closed = False
     self.last = _manager(os.path.join(workdir, LAST_DIR), keep)
     self.best = _manager(os.path.join(workdir, BEST_DIR), 1)
 
-  def save(self, step: int, state: Any, meta: dict, is_best: bool) -> None:
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    self.last.save(step, args=args)
-    if is_best:
-      self.best.save(step, args=args)
+  def steps(self) -> list[int]:
+    return sorted(self.last.all_steps())
 
-  def latest_step(self) -> int | None:
-    return self.last.latest_step()
+  def save(self, step: int, state: Any, progress: dict, meta: dict, is_best: bool) -> None:
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.StandardSave(progress),
+                              meta=ocp.args.JsonSave(meta))
+    try:
+      self.last.save(step, args=args)
+      if is_best:
+        self.best.save(step, args=args)
+    except Exception as e:  # Orbax surfaces I/O errors of earlier async saves here too
+      raise CheckpointWriteError(f"{self.workdir}: could not write the checkpoint of step {step} ({e}); "
+                                 "earlier checkpoints are intact") from None
 
-  def latest_meta(self) -> dict:
-    """The JSON item of the newest checkpoint, read without touching the (large) state."""
-    step = self.last.latest_step()
+  def read_meta(self, step: int) -> dict:
     return dict(self.last.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
-  def restore_latest(self, target: Any) -> tuple[Any, dict]:
-    step = self.last.latest_step()
-    restored = self.last.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-    return restored["state"], dict(restored["meta"])
+  def restore(self, state_target: Any, check_meta) -> tuple[Any, dict, dict] | None:
+    """(state, progress tree, meta) of the newest intact checkpoint, or None when there is none.
+
+    `check_meta(meta)` may raise to refuse a checkpoint (another model); damaged checkpoints are
+    skipped with a warning and never deleted.
+    """
+    for step in reversed(self.steps()):
+      try:
+        meta = self.read_meta(step)
+      except Exception as e:
+        logging.warning("checkpoint %d in %s is damaged (%s); trying the previous one", step, self.workdir, e)
+        continue
+      check_meta(meta)
+      try:
+        restored = self.last.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(state_target), progress=ocp.args.StandardRestore(),
+            meta=ocp.args.JsonRestore()))
+      except Exception as e:
+        logging.warning("checkpoint %d in %s is damaged (%s); trying the previous one", step, self.workdir,
+                        str(e).splitlines()[0][:300])
+        continue
+      return restored["state"], dict(restored["progress"]), dict(restored["meta"])
+    return None
 
   def close(self) -> None:
-    self.last.wait_until_finished()
-    self.best.wait_until_finished()
-    self.last.close()
-    self.best.close()
+    """Waits for the asynchronous saves to finish; safe to call more than once."""
+    if self._closed:
+      return
+    self._closed = True
+    try:
+      self.last.wait_until_finished()
+      self.best.wait_until_finished()
+    except Exception as e:
+      raise CheckpointWriteError(f"{self.workdir}: the last checkpoint could not be written ({e}); "
+                                 "earlier checkpoints are intact") from None
+    finally:
+      self.last.close()
+      self.best.close()
+
+
+def set_aside(workdir: str) -> str | None:
+  """Moves a run's checkpoints and metrics into `replaced-<time>/` (for restart=True); never deletes."""
+  names = [n for n in (LAST_DIR, BEST_DIR, "metrics.jsonl") if os.path.exists(os.path.join(workdir, n))]
+  if not names:
+    return None
+  target = os.path.join(workdir, "replaced-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+  os.makedirs(target)
+  for name in names:
+    os.rename(os.path.join(workdir, name), os.path.join(target, name))
+  return target
 
 
 def find_checkpoint(workdir: str, which: str = "best") -> tuple[str, int]:
@@ -71,14 +145,13 @@ def find_checkpoint(workdir: str, which: str = "best") -> tuple[str, int]:
   raise FileNotFoundError(f"{workdir}: no checkpoint found (train first, or pass the run's --workdir)")
 
 
-def restore_params(workdir: str, which: str = "best") -> tuple[Any, dict]:
-  """The parameters and meta of a run's checkpoint, as host arrays, without the optimiser state."""
+def restore_params(workdir: str, which: str = "best") -> tuple[Any, int]:
+  """The parameters (host arrays, so any device count or a CPU-only machine works) and the step."""
   directory, step = find_checkpoint(workdir, which)
-  manager = _manager(directory, 1, read_only=True)
-  try:
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    handler = ocp.PyTreeCheckpointer()
-    state = handler.restore(os.path.join(directory, str(step), "state"))
-  finally:
-    manager.close()
-  return jax.tree.map(lambda x: x, state["params"]), dict(meta)
+  path = os.path.join(directory, str(step), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  # NumPy leaves: independent of the devices (or GPU) the checkpoint was written from.
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                          checkpointer.metadata(path).item_metadata.tree)
+  state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+  return state["params"], step

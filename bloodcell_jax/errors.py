@@ -1,4 +1,4 @@
-"""Errors a user can fix: reported as one line and exit status 2, never as a traceback."""
+"""Errors reported as one line and a non-zero exit status, never as a traceback."""
 
 
 class UserInputError(Exception):
@@ -7,7 +7,15 @@ class UserInputError(Exception):
   exit_code = 2
 
 
-class TrainingDiverged(Exception):
-  """The loss became NaN or inf; the message names the epoch and step. Reported in one line."""
+class RunFailure(Exception):
+  """Training cannot go on (diverged, disk full); the message says what is kept and what to do."""
 
   exit_code = 1
+
+
+class TrainingDiverged(RunFailure):
+  """The loss became NaN or inf; the message names the step."""
+
+
+class CheckpointWriteError(RunFailure):
+  """A checkpoint could not be written; earlier checkpoints are untouched."""

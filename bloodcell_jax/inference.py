@@ -34,7 +34,7 @@ def _run_model(config, workdir: str, data: ImageSet, checkpoint: str):
   num_devices = jax.local_device_count()
   check_batch_size(config.train.batch_size, num_devices)
   try:
-    params, meta = checkpointing.restore_params(workdir, checkpoint)
+    params, step = checkpointing.restore_params(workdir, checkpoint)
   except FileNotFoundError as e:
     raise UserInputError(str(e)) from None
   model = create_model(config.model, NUM_CLASSES)
@@ -42,8 +42,7 @@ def _run_model(config, workdir: str, data: ImageSet, checkpoint: str):
   weights = jax_utils.replicate(jnp.ones(NUM_CLASSES))
   metrics, probs = evaluate(p_eval, jax_utils.replicate(params), data, weights, config.train.batch_size,
                             num_devices)
-  logging.info("used checkpoint %s of %s (epoch %d, step %d)", checkpoint, workdir, meta["epoch"] + 1,
-               meta["step"])
+  logging.info("used the '%s' checkpoint of %s (step %d)", checkpoint, workdir, step)
   return metrics, probs
 
 

@@ -68,6 +68,7 @@ class StepConfig:
   label_smoothing: float = struct.field(pytree_node=False, default=0.0)
   l2: float = struct.field(pytree_node=False, default=0.0)
   augment: str = struct.field(pytree_node=False, default="none")
+  skip_nonfinite: bool = struct.field(pytree_node=False, default=False)
 
 
 def train_step(state: TrainState, batch: dict, class_weights: jax.Array, *, model: nn.Module,
@@ -96,10 +97,17 @@ def train_step(state: TrainState, batch: dict, class_weights: jax.Array, *, mode
   grads = jax.lax.psum(grads, AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  loss_sum = jax.lax.psum(ce_sum, AXIS)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
+  if cfg.skip_nonfinite:  # keep the previous parameters and optimiser state for this step
+    params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                     (params, opt_state), (state.params, state.opt_state))
   metrics = {
-      "loss_sum": jax.lax.psum(ce_sum, AXIS),
+      "loss_sum": loss_sum,
       "weight_sum": jax.lax.psum(weight_sum, AXIS),
-      "grad_norm": optax.tree.norm(grads),
+      "grad_norm": grad_norm,
+      "finite": finite,
   }
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, metrics, jax.nn.softmax(logits)

@@ -1,8 +1,10 @@
 """Training and evaluation loop: data, model, optimiser, pmapped steps, metrics, checkpoints.
 
-The run directory (workdir) receives `config.json` (the resolved config), `split.json` (which image
-went to train and validation), `metrics.jsonl` (one row per epoch) and the Orbax checkpoints.
-Re-running with the same workdir resumes from the newest checkpoint at an epoch boundary.
+The run directory (workdir) receives `config.json` (the resolved config), `config_changes.jsonl`
+(what changed at each resume), `split.json` (which image went to train and validation),
+`metrics.jsonl` (one row per epoch) and the Orbax checkpoints. Re-running with the same workdir
+resumes from the newest intact checkpoint, mid-epoch included, and ends bit-identical to a run that
+was never interrupted. SIGTERM or Ctrl-C stop after the current step with a checkpoint.
 """
 
 import json
@@ -29,7 +31,11 @@ from bloodcell_jax.losses import class_weights as compute_class_weights
 from bloodcell_jax.metrics import classification_metrics
 from bloodcell_jax.models import create_model
 from bloodcell_jax.models.depthwise import IMPLEMENTATIONS
+from bloodcell_jax.preemption import StopRequest
+from bloodcell_jax.progress import EpochProgress
 from bloodcell_jax.steps import StepConfig, create_train_state, init_params, pmapped_steps, unreplicate
+
+METRICS = ("loss", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "macro_auc")
 
 
 def check_batch_size(global_batch: int, num_devices: int) -> int:
@@ -38,65 +44,6 @@ def check_batch_size(global_batch: int, num_devices: int) -> int:
     raise UserInputError(
         f"config: train.batch_size={global_batch} is not divisible by the {num_devices} local devices")
   return global_batch // num_devices
-
-
-def step_config(config: ml_collections.ConfigDict) -> StepConfig:
-  return StepConfig(num_classes=NUM_CLASSES, mean=tuple(config.data.mean), std=tuple(config.data.std),
-                    label_smoothing=config.loss.label_smoothing, l2=config.loss.l2,
-                    augment=config.data.augment)
-
-
-def write_json_atomic(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
-
-
-def evaluate(p_eval, params, data: ImageSet, class_weights, global_batch: int, num_devices: int,
-             desc: str = "eval") -> tuple[dict, np.ndarray]:
-  """Metrics and probabilities over every example of `data` (replicated `params`)."""
-  loss_sum = weight_sum = 0.0
-  probs = []
-  batches = pipeline.to_devices(pipeline.eval_batches(data, global_batch, num_devices))
-  total = -(-len(data) // global_batch)
-  for batch in tqdm(batches, total=total, desc=desc, leave=False, disable=None):
-    metrics, batch_probs = p_eval(params, batch, class_weights)
-    probs.append(batch_probs)
-    loss_sum += metrics["loss_sum"][0]
-    weight_sum += metrics["weight_sum"][0]
-  probs = np.concatenate([np.asarray(p).reshape(-1, NUM_CLASSES) for p in jax.device_get(probs)])[:len(data)]
-  result = classification_metrics(data.labels, probs) if (data.labels >= 0).all() else {}
-  result["loss"] = float(jax.device_get(loss_sum) / max(float(jax.device_get(weight_sum)), 1e-12))
-  return result, probs
-
-
-def _summary(metrics: dict) -> str:
-  keys = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
-  return " ".join(f"{k.replace('balanced_accuracy', 'bal_acc')} {metrics[k]:.4f}" for k in keys if k in metrics)
-
-
-def _finite_or_null(obj):
-  """NaN/inf (an AUC with one class present) become null, so metrics.jsonl is strict JSON."""
-  if isinstance(obj, dict):
-    return {k: _finite_or_null(v) for k, v in obj.items()}
-  if isinstance(obj, float) and not np.isfinite(obj):
-    return None
-  return obj
-
-
-def _truncate_metrics(path: str, last_epoch: int) -> None:
-  """Drops rows written after the checkpoint being resumed from (a run killed mid-epoch)."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    rows = [line for line in f if line.strip() and json.loads(line)["epoch"] <= last_epoch]
-  with open(path + ".tmp", "w") as f:
-    f.writelines(rows)
-  os.replace(path + ".tmp", path)
-
-
-METRICS = ("loss", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "macro_auc")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -118,36 +65,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise UserInputError(f"config: data.image_size={config.data.image_size} is below the minimum of 32")
   if config.train.num_epochs < 1:
     raise UserInputError(f"config: train.num_epochs={config.train.num_epochs} must be at least 1")
+  if config.checkpoint.every_steps < 0 or config.checkpoint.keep < 1:
+    raise UserInputError("config: checkpoint.every_steps must be >= 0 and checkpoint.keep >= 1")
   try:
     create_model(config.model, NUM_CLASSES)
   except ValueError as e:
     raise UserInputError(f"config: {e}") from None
 
 
-def train_one_epoch(p_train, state, data: ImageSet, class_weights, epoch: int, num_epochs: int,
-                    config: ml_collections.ConfigDict, num_devices: int):
-  """Runs one epoch of pmapped steps; returns the new (replicated) state and the epoch's train metrics.
-
-  Metrics and probabilities stay on the devices until the epoch ends, so the host never waits
-  for a step inside the loop.
-  """
-  global_batch = config.train.batch_size
-  step_metrics, probs, labels = [], [], []
-  batches = pipeline.to_devices(pipeline.train_batches(data, global_batch, num_devices, config.seed, epoch),
-                                config.train.prefetch)
-  for batch in tqdm(batches, total=pipeline.steps_per_epoch(len(data), global_batch),
-                    desc=f"epoch {epoch + 1}/{num_epochs}", leave=False, disable=None):
-    state, metrics, batch_probs = p_train(state, batch, class_weights)
-    step_metrics.append(metrics)
-    probs.append(batch_probs)
-    labels.append(batch["label"])
-  step_metrics, probs, labels = jax.device_get((step_metrics, probs, labels))
-  weight_sum = sum(m["weight_sum"][0] for m in step_metrics)
-  loss = float(sum(m["loss_sum"][0] for m in step_metrics) / max(weight_sum, 1e-12))
-  result = classification_metrics(np.concatenate([l.reshape(-1) for l in labels]),
-                                   np.concatenate([p.reshape(-1, NUM_CLASSES) for p in probs]))
-  result["loss"] = loss
-  return state, result
+def step_config(config: ml_collections.ConfigDict) -> StepConfig:
+  return StepConfig(num_classes=NUM_CLASSES, mean=tuple(config.data.mean), std=tuple(config.data.std),
+                    label_smoothing=config.loss.label_smoothing, l2=config.loss.l2,
+                    augment=config.data.augment,
+                    skip_nonfinite=config.train.get("skip_nonfinite_steps", False))
 
 
 def architecture_signature(config: ml_collections.ConfigDict) -> dict:
@@ -159,95 +89,244 @@ def architecture_signature(config: ml_collections.ConfigDict) -> dict:
   return json.loads(json.dumps({k: config.model.get(k) for k in keys} | {"num_classes": NUM_CLASSES}))
 
 
+def write_json_atomic(path: str, obj) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def record_config(workdir: str, config: ml_collections.ConfigDict, resuming: bool) -> None:
+  """Writes config.json; on resume, logs and appends what changed to config_changes.jsonl."""
+  path = os.path.join(workdir, "config.json")
+  new = json.loads(config.to_json_best_effort())
+  if resuming and os.path.exists(path):
+    with open(path) as f:
+      old = _flatten(json.load(f))
+    flat = _flatten(new)
+    changes = {k: [old.get(k), flat.get(k)] for k in sorted(set(old) | set(flat)) if old.get(k) != flat.get(k)}
+    if changes:
+      logging.info("resuming with config changes: %s", changes)
+      with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
+        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": changes}) + "\n")
+  write_json_atomic(path, new)
+
+
+def evaluate(p_eval, params, data: ImageSet, class_weights, global_batch: int, num_devices: int,
+             desc: str = "eval") -> tuple[dict, np.ndarray]:
+  """Metrics and probabilities over every example of `data` (replicated `params`)."""
+  outputs = []
+  batches = pipeline.to_devices(pipeline.eval_batches(data, global_batch, num_devices))
+  total = -(-len(data) // global_batch)
+  for batch in tqdm(batches, total=total, desc=desc, leave=False, disable=None):
+    outputs.append(p_eval(params, batch, class_weights))
+  outputs = jax.device_get(outputs)
+  probs = np.concatenate([p.reshape(-1, NUM_CLASSES) for _, p in outputs])[:len(data)]
+  result = classification_metrics(data.labels, probs) if (data.labels >= 0).all() else {}
+  loss_sum = sum(float(m["loss_sum"][0]) for m, _ in outputs)
+  result["loss"] = loss_sum / max(sum(float(m["weight_sum"][0]) for m, _ in outputs), 1e-12)
+  return result, probs
+
+
+def _summary(metrics: dict) -> str:
+  keys = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+  return " ".join(f"{k.replace('balanced_accuracy', 'bal_acc')} {metrics[k]:.4f}" for k in keys if k in metrics)
+
+
+def _finite_or_null(obj):
+  """NaN/inf (an AUC with one class present) become null, so metrics.jsonl is strict JSON."""
+  if isinstance(obj, dict):
+    return {k: _finite_or_null(v) for k, v in obj.items()}
+  if isinstance(obj, float) and not np.isfinite(obj):
+    return None
+  return obj
+
+
+def _keep_metric_rows_before(path: str, epoch: int) -> None:
+  """Drops rows of epochs at or after `epoch` (written after the checkpoint being resumed from)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [line for line in f if line.strip() and json.loads(line)["epoch"] < epoch]
+  with open(path + ".tmp", "w") as f:
+    f.writelines(rows)
+  os.replace(path + ".tmp", path)
+
+
+class _Run:
+  """Everything one training run holds; `train_and_evaluate` builds it and calls `fit`."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    validate_config(config)
+    self.config, self.workdir = config, workdir
+    self.num_devices = jax.local_device_count()
+    self.global_batch = config.train.batch_size
+    check_batch_size(self.global_batch, self.num_devices)
+    self.metrics_path = os.path.join(workdir, "metrics.jsonl")
+
+    self.data = load_train_val(config.data)
+    if len(self.data.train) < self.global_batch:
+      raise UserInputError(f"{resolve_path(config.data.source)}: {len(self.data.train)} training images, fewer "
+                           f"than one batch (train.batch_size={self.global_batch})")
+    try:
+      self.class_weights = compute_class_weights(self.data.train.labels, NUM_CLASSES, config.loss.class_weights)
+    except ValueError as e:
+      raise UserInputError(f"config: loss.class_weights: {e}") from None
+
+    self.model = create_model(config.model, NUM_CLASSES)
+    self.steps_per_epoch = pipeline.steps_per_epoch(len(self.data.train), self.global_batch)
+    self.schedule = optim.learning_rate_schedule(config.optim, self.steps_per_epoch, config.train.num_epochs)
+    params = init_params(self.model, config.data.image_size, config.seed)
+    self.tx = optim.create_optimizer(config.optim, params, self.schedule)
+    self.state = create_train_state(params, self.tx, config.seed)
+    self.progress = self._new_epoch(0)
+    self.best, self.bad_epochs = -np.inf, 0
+
+  def _new_epoch(self, epoch: int) -> EpochProgress:
+    return EpochProgress.start(epoch, self.config.seed, len(self.data.train), self.global_batch, NUM_CLASSES)
+
+  def _meta(self) -> dict:
+    return {"best": float(self.best), "bad_epochs": self.bad_epochs, "monitor": self.config.train.monitor_metric,
+            "model": architecture_signature(self.config), "class_names": list(CLASS_NAMES)}
+
+  def open_checkpoints(self) -> checkpointing.RunCheckpoints:
+    """Checks the workdir, then restores the newest intact checkpoint if there is one."""
+    config, workdir = self.config, self.workdir
+    checkpoint_bytes = checkpointing.tree_bytes(self.state) + checkpointing.tree_bytes(self.progress.to_tree())
+    checkpointing.preflight(workdir, checkpoint_bytes, config.checkpoint.keep)
+    if config.restart:
+      moved = checkpointing.set_aside(workdir)
+      if moved:
+        logging.warning("restart=True: earlier checkpoints and metrics moved to %s", moved)
+    checkpoints = checkpointing.RunCheckpoints(workdir, config.checkpoint.keep)
+    signature = architecture_signature(config)
+
+    def check_meta(meta):
+      if meta["model"] != signature:
+        changed = sorted(k for k in set(meta["model"]) | set(signature) if meta["model"].get(k) != signature.get(k))
+        raise UserInputError(f"{workdir}: holds checkpoints of another model ({', '.join(changed)} differ); "
+                             "use another --workdir")
+
+    restored = checkpoints.restore(self.state, check_meta) if checkpoints.steps() else None
+    if checkpoints.steps() and restored is None:
+      raise UserInputError(f"{workdir}: no intact checkpoint among steps {checkpoints.steps()}; pass "
+                           "--config.restart=True to start over (they are moved aside, not deleted)")
+    record_config(workdir, config, resuming=restored is not None)
+    save_split(os.path.join(workdir, "split.json"), resolve_path(config.data.source), self.data.how_split,
+               self.data.train, self.data.val)
+    if restored is None:
+      if os.path.exists(self.metrics_path):
+        os.remove(self.metrics_path)
+      return checkpoints
+    self.state, progress_tree, meta = restored
+    self.progress = EpochProgress.from_tree(progress_tree)
+    if len(self.progress.permutation) != len(self.data.train) or self.progress.global_batch != self.global_batch:
+      raise UserInputError(f"{workdir}: the checkpoint was written for {len(self.progress.permutation)} training "
+                           f"images and batch {self.progress.global_batch}, the config now gives "
+                           f"{len(self.data.train)} and {self.global_batch}; use another --workdir")
+    self.best, self.bad_epochs = meta["best"], meta["bad_epochs"]
+    _keep_metric_rows_before(self.metrics_path, self.progress.epoch)
+    logging.info("resumed from %s: epoch %d, batch %d of %d (step %d)", workdir, self.progress.epoch + 1,
+                 self.progress.offset, self.steps_per_epoch, int(self.state.step))
+    return checkpoints
+
+  def _absorb(self, pending: list) -> None:
+    """Copies the pending steps' outputs to the host; stops on a NaN/inf step unless told to skip."""
+    bad = self.progress.absorb(jax.device_get(pending))
+    pending.clear()
+    if bad and not self.config.train.skip_nonfinite_steps:
+      step = self.progress.epoch * self.steps_per_epoch + bad[0] + 1
+      raise TrainingDiverged(
+          f"loss or gradient became NaN/inf at step {step} (epoch {self.progress.epoch + 1}); the last good "
+          f"checkpoint is kept in {self.workdir}; lower optim.learning_rate, or set "
+          "--config.train.skip_nonfinite_steps=True to skip such steps")
+    if bad:
+      logging.warning("skipped %d step(s) with a NaN/inf loss or gradient in epoch %d", len(bad),
+                      self.progress.epoch + 1)
+
+  def _save(self, checkpoints, replicated, is_best: bool = False) -> int:
+    step = int(jax.device_get(replicated.step[0]))
+    checkpoints.save(step, unreplicate(replicated), self.progress.to_tree(), self._meta(), is_best)
+    return step
+
+  def fit(self, checkpoints: checkpointing.RunCheckpoints) -> dict:
+    config, num_epochs = self.config, self.config.train.num_epochs
+    every = config.checkpoint.every_steps
+    p_train, p_eval = pmapped_steps(self.model, self.tx, step_config(config))
+    replicated = jax_utils.replicate(self.state)
+    self.state = None  # the replicated copy is the live one (its buffers are donated each step)
+    class_weights = jax_utils.replicate(jnp.asarray(self.class_weights))
+    row = {}
+    with StopRequest() as stop:
+      while self.progress.epoch < num_epochs:
+        epoch, start = self.progress.epoch, time.time()
+        batches = pipeline.to_devices(pipeline.train_batches(
+            self.data.train, self.global_batch, self.num_devices, config.seed, epoch, self.progress.offset),
+            config.train.prefetch)
+        pending = []
+        for batch in tqdm(batches, total=self.steps_per_epoch, initial=self.progress.offset,
+                          desc=f"epoch {epoch + 1}/{num_epochs}", leave=False, disable=None):
+          replicated, metrics, probs = p_train(replicated, batch, class_weights)
+          pending.append((metrics, probs, batch["label"]))
+          done = self.progress.offset + len(pending)
+          periodic = every and (epoch * self.steps_per_epoch + done) % every == 0 and done < self.steps_per_epoch
+          if periodic or stop.requested:
+            self._absorb(pending)
+            step = self._save(checkpoints, replicated)
+            if stop.requested:
+              checkpoints.close()
+              print(f"stopped by {stop.requested} at step {step} (epoch {epoch + 1}, batch {done} of "
+                    f"{self.steps_per_epoch}); checkpoint in {os.path.join(self.workdir, checkpointing.LAST_DIR)}; "
+                    "run the same command to resume", flush=True)
+              return row
+        self._absorb(pending)
+        train_metrics = self.progress.metrics()
+        val_metrics, _ = evaluate(p_eval, replicated.params, self.data.val, class_weights, self.global_batch,
+                                  self.num_devices)
+        step = int(jax.device_get(replicated.step[0]))
+        row = {"epoch": epoch, "step": step, "learning_rate": float(self.schedule(step)),
+               "time_s": round(time.time() - start, 2), "train": train_metrics, "val": val_metrics}
+        with open(self.metrics_path, "a") as f:
+          f.write(json.dumps(_finite_or_null(row)) + "\n")
+        logging.info("epoch %d/%d  train %s | val %s  (%.1fs)", epoch + 1, num_epochs, _summary(train_metrics),
+                     _summary(val_metrics), row["time_s"])
+
+        monitor = config.train.monitor_metric
+        value = -val_metrics["loss"] if monitor == "loss" else val_metrics[monitor]
+        is_best = value > self.best
+        self.best, self.bad_epochs = (value, 0) if is_best else (self.best, self.bad_epochs + 1)
+        self.progress = self._new_epoch(epoch + 1)
+        self._save(checkpoints, replicated, is_best)
+        patience = config.train.early_stopping_patience
+        if patience and self.bad_epochs >= patience:
+          logging.info("early stopping: val %s has not improved for %d epochs", monitor, patience)
+          break
+    checkpoints.close()
+    return row
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir`; returns the last epoch's metrics row."""
-  validate_config(config)
-  num_devices = jax.local_device_count()
-  check_batch_size(config.train.batch_size, num_devices)
-  os.makedirs(workdir, exist_ok=True)
-  checkpoints = checkpointing.RunCheckpoints(workdir, config.checkpoint.keep)
-  model_signature = architecture_signature(config)
-  resuming = checkpoints.latest_step() is not None
-  if resuming:
-    saved_model = checkpoints.latest_meta()["model"]
-    if saved_model != model_signature:
-      changed = sorted(k for k in set(saved_model) | set(model_signature)
-                       if saved_model.get(k) != model_signature.get(k))
-      raise UserInputError(f"{workdir}: holds checkpoints of another model (model.{', model.'.join(changed)} "
-                           "differ); use another --workdir")
-  write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
-
-  data = load_train_val(config.data)
-  global_batch = config.train.batch_size
-  if len(data.train) < global_batch:
-    raise UserInputError(f"{resolve_path(config.data.source)}: {len(data.train)} training images, fewer "
-                         f"than one batch (train.batch_size={global_batch})")
-  save_split(os.path.join(workdir, "split.json"), resolve_path(config.data.source), data.how_split,
-             data.train, data.val)
-  try:
-    weights = compute_class_weights(data.train.labels, NUM_CLASSES, config.loss.class_weights)
-  except ValueError as e:
-    raise UserInputError(f"config: loss.class_weights: {e}") from None
-  counts = np.bincount(data.train.labels, minlength=NUM_CLASSES)
-  logging.info("data: %d train / %d val images (%s); devices: %d x %s", len(data.train), len(data.val),
-               data.how_split, num_devices, jax.local_devices()[0].device_kind)
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last epoch's row."""
+  run = _Run(config, workdir)
+  logging.info("data: %d train / %d val images (%s); devices: %d x %s", len(run.data.train), len(run.data.val),
+               run.data.how_split, run.num_devices, jax.local_devices()[0].device_kind)
+  counts = np.bincount(run.data.train.labels, minlength=NUM_CLASSES)
   logging.info("class counts %s, weights %s", dict(zip(CLASS_NAMES, counts.tolist())),
-               dict(zip(CLASS_NAMES, np.round(weights, 3).tolist())))
-
-  model = create_model(config.model, NUM_CLASSES)
-  steps_per_epoch = pipeline.steps_per_epoch(len(data.train), global_batch)
-  num_epochs = config.train.num_epochs
-  schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, num_epochs)
-  params = init_params(model, config.data.image_size, config.seed)
-  tx = optim.create_optimizer(config.optim, params, schedule)
-  state = create_train_state(params, tx, config.seed)
+               dict(zip(CLASS_NAMES, np.round(run.class_weights, 3).tolist())))
   logging.info("model %s: %.2fM parameters", config.model.name,
-               sum(x.size for x in jax.tree.leaves(state.params)) / 1e6)
-
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  monitor = config.train.monitor_metric
-  first_epoch, best, bad_epochs = 0, -np.inf, 0
-  if resuming:
-    state, meta = checkpoints.restore_latest(state)
-    first_epoch, best, bad_epochs = meta["epoch"] + 1, meta["best"], meta["bad_epochs"]
-    _truncate_metrics(metrics_path, meta["epoch"])
-    logging.info("resumed from %s at epoch %d (step %d)", workdir, first_epoch, int(state.step))
-  elif os.path.exists(metrics_path):
-    os.remove(metrics_path)
-
-  p_train, p_eval = pmapped_steps(model, tx, step_config(config))
-  replicated = jax_utils.replicate(state)
-  del state
-  class_weights = jax_utils.replicate(jnp.asarray(weights))
-  row = {}
+               sum(x.size for x in jax.tree.leaves(run.state.params)) / 1e6)
+  checkpoints = run.open_checkpoints()
   try:
-    for epoch in range(first_epoch, num_epochs):
-      start = time.time()
-      replicated, train_metrics = train_one_epoch(p_train, replicated, data.train, class_weights, epoch,
-                                                  num_epochs, config, num_devices)
-      step = int(jax.device_get(replicated.step[0]))
-      if not np.isfinite(train_metrics["loss"]):
-        raise TrainingDiverged(f"training loss became {train_metrics['loss']} during epoch {epoch + 1} (by step "
-                               f"{step}); the last good checkpoint is kept in {workdir}; lower "
-                               "optim.learning_rate or set optim.grad_clip_norm")
-      val_metrics, _ = evaluate(p_eval, replicated.params, data.val, class_weights, global_batch, num_devices)
-      row = {"epoch": epoch, "step": step, "learning_rate": float(schedule(step)),
-             "time_s": round(time.time() - start, 2), "train": train_metrics, "val": val_metrics}
-      with open(metrics_path, "a") as f:
-        f.write(json.dumps(_finite_or_null(row)) + "\n")
-      logging.info("epoch %d/%d  train %s | val %s  (%.1fs)", epoch + 1, num_epochs, _summary(train_metrics),
-                   _summary(val_metrics), row["time_s"])
-
-      value = val_metrics[monitor] if monitor != "loss" else -val_metrics["loss"]
-      is_best = value > best
-      best, bad_epochs = (value, 0) if is_best else (best, bad_epochs + 1)
-      meta = {"epoch": epoch, "step": step, "best": float(best), "bad_epochs": bad_epochs,
-              "monitor": monitor, "model": model_signature, "class_names": list(CLASS_NAMES)}
-      checkpoints.save(step, unreplicate(replicated), meta, is_best)
-      patience = config.train.early_stopping_patience
-      if patience and bad_epochs >= patience:
-        logging.info("early stopping: val %s has not improved for %d epochs", monitor, patience)
-        break
+    return run.fit(checkpoints)
   finally:
-    checkpoints.close()  # waits for the last asynchronous save
-  return row
+    checkpoints.close()

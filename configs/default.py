@@ -12,6 +12,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # parameter initialisation, shuffling and dropout keys
+  config.restart = False  # True: move the workdir's checkpoints aside and start over
 
   config.data = ml_collections.ConfigDict()
   config.data.source = "sample"  # "sample" (bundled), an npz file, or a folder of class folders
@@ -57,7 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.monitor_metric = "balanced_accuracy"  # validation metric for best checkpoint / early stop
   config.train.early_stopping_patience = 0  # epochs without improvement; 0 disables
   config.train.prefetch = 2  # batches copied to the devices ahead of the step
+  config.train.skip_nonfinite_steps = False  # True: a step with a NaN/inf loss or gradient changes nothing
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.keep = 2  # most recent checkpoints kept (the best is kept apart)
+  config.checkpoint.every_steps = 0  # also save every N steps (0: at epoch ends only)
   return config

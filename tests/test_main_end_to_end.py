@@ -90,5 +90,7 @@ def test_diverging_loss_stops_with_one_line(tmp_path):
                             "--config.optim.warmup_epochs=0", "--config.train.num_epochs=1"])
   assert result.returncode == 1
   errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
-  assert len(errors) == 1 and "training loss became nan during epoch 1" in errors[0]
+  assert len(errors) == 1 and "became NaN/inf at step 2 (epoch 1)" in errors[0]
+  assert "skip_nonfinite_steps=True" in errors[0]
   assert "Traceback" not in result.stderr
+  assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")  # nothing recorded from a diverged epoch

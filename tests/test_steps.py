@@ -109,3 +109,22 @@ def test_warmup_cosine_schedule_values():
   assert float(schedule(5)) == pytest.approx(0.5)
   assert float(schedule(10)) == pytest.approx(1.0)
   assert float(schedule(30)) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_nonfinite_steps_are_flagged_and_optionally_skipped(skip):
+  config = tiny_config()
+  model, tx, state = _setup(config)
+  cfg = StepConfig(num_classes=8, mean=(0.5,) * 3, std=(0.25,) * 3, skip_nonfinite=skip)
+  devices = jax.local_devices()[:1]
+  step = jax.pmap(functools.partial(train_step, model=model, tx=tx, cfg=cfg), axis_name=AXIS, devices=devices)
+  batch = jax.tree.map(lambda x: x[None], _batches(1, 8, 32)[0])
+  nan_weights = jax_utils.replicate(jnp.full(8, jnp.nan), devices)
+  new_state, metrics, _ = step(jax_utils.replicate(state, devices), batch, nan_weights)
+  assert not bool(metrics["finite"][0])
+  new_params = unreplicate(new_state).params
+  if skip:
+    for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(state.params)):
+      np.testing.assert_array_equal(a, b)
+  else:
+    assert any(np.isnan(np.asarray(x)).any() for x in jax.tree.leaves(new_params))

@@ -1,0 +1,157 @@
+"""Resume after SIGKILL, SIGTERM, damaged checkpoints and a change of device count, as subprocesses."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from bloodcell_jax import checkpointing
+from bloodcell_jax.errors import UserInputError
+from conftest import ROOT, run_main
+
+# 256 training images of the bundled sample, 16 steps per epoch, a checkpoint every 3 steps.
+ARGS = ["--config", "configs/quickstart.py", "--config.data.image_size=48", "--config.model.depths=(1,1,1,1)",
+        "--config.model.dims=(8,16,24,32)", "--config.train.batch_size=16", "--config.train.num_epochs=4",
+        "--config.checkpoint.every_steps=3", "--config.model.drop_path_rate=0.1"]
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  for row in rows:
+    row.pop("time_s")
+  return rows
+
+
+def _assert_same_params(a, b):
+  pa, _ = checkpointing.restore_params(a, "last")
+  pb, _ = checkpointing.restore_params(b, "last")
+  import jax
+  for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+    np.testing.assert_array_equal(x, y)
+
+
+def _start(args, workdir, devices=2):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  log = open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"), "w")
+  return subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py")] + args + [f"--workdir={workdir}"],
+                          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait_for_checkpoint(process, workdir, timeout=300):
+  directory = os.path.join(workdir, checkpointing.LAST_DIR)
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory)):
+      return
+    assert process.poll() is None, "the run ended before writing a checkpoint"
+    time.sleep(0.02)
+  raise AssertionError("no checkpoint appeared")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """An uninterrupted run on 2 devices."""
+  workdir = str(tmp_path_factory.mktemp("reference") / "run")
+  result = run_main(ARGS + [f"--workdir={workdir}"], devices=2)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def test_sigkill_mid_run_then_resume_is_bit_identical(reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  process = _start(ARGS, workdir)
+  _wait_for_checkpoint(process, workdir)
+  time.sleep(random.Random(0).uniform(0.0, 0.3))
+  assert process.poll() is None, "the run finished before it could be killed"
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert process.returncode == -signal.SIGKILL
+  resumed = run_main(ARGS + [f"--workdir={workdir}"], devices=2)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed from" in resumed.stderr
+  _assert_same_params(reference, workdir)
+  assert _rows(workdir) == _rows(reference)
+
+
+def test_sigterm_checkpoints_and_exits_zero_then_resumes(reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  process = _start(ARGS, workdir)
+  _wait_for_checkpoint(process, workdir)
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=120) == 0
+  with open(str(tmp_path / "run.log")) as f:
+    log = f.read()
+  assert "stopped by SIGTERM at step" in log and "run the same command to resume" in log
+  resumed = run_main(ARGS + [f"--workdir={workdir}"], devices=2)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  _assert_same_params(reference, workdir)
+  assert _rows(workdir) == _rows(reference)
+
+
+def test_damaged_checkpoints_fall_back_then_refuse_then_restart(reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  assert len(steps) == 2  # checkpoint.keep
+  newest = os.path.join(workdir, "checkpoints", str(steps[-1]), "state")
+  for root, _, files in os.walk(newest):  # truncate every data file of the newest checkpoint
+    for name in files:
+      if "metadata" not in name.lower():
+        with open(os.path.join(root, name), "r+b") as f:
+          f.truncate(3)
+  more = ARGS[:-3] + ["--config.train.num_epochs=5", "--config.checkpoint.every_steps=3",
+                      "--config.model.drop_path_rate=0.1"]
+  result = run_main(more + [f"--workdir={workdir}"], devices=2)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"checkpoint {steps[-1]} in {workdir} is damaged" in result.stderr
+  assert f"resumed from {workdir}" in result.stderr
+  assert [r["epoch"] for r in _rows(workdir)] == [0, 1, 2, 3, 4]
+
+  for step in os.listdir(os.path.join(workdir, "checkpoints")):  # now damage all of them
+    shutil.rmtree(os.path.join(workdir, "checkpoints", step, "meta"), ignore_errors=True)
+  refused = run_main(more + [f"--workdir={workdir}"], devices=2)
+  assert refused.returncode == 2
+  assert "no intact checkpoint" in refused.stderr and "--config.restart=True" in refused.stderr
+  restarted = run_main(more + [f"--workdir={workdir}", "--config.restart=True", "--config.train.num_epochs=1"],
+                       devices=2)
+  assert restarted.returncode == 0, restarted.stderr[-3000:]
+  assert [d for d in os.listdir(workdir) if d.startswith("replaced-")]
+  assert [r["epoch"] for r in _rows(workdir)] == [0]
+
+
+@pytest.mark.parametrize("first, second", [(4, 1), (1, 4)])
+def test_checkpoint_moves_between_device_counts(tmp_path, first, second):
+  workdir = str(tmp_path / "run")
+  args = ARGS[:-3] + ["--config.train.num_epochs=1", "--config.model.drop_path_rate=0.0"]
+  assert run_main(args + [f"--workdir={workdir}"], devices=first).returncode == 0
+  args[args.index("--config.train.num_epochs=1")] = "--config.train.num_epochs=2"
+  result = run_main(args + [f"--workdir={workdir}"], devices=second)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"devices: {second} x" in result.stderr
+  rows = _rows(workdir)
+  assert [r["epoch"] for r in rows] == [0, 1] and rows[1]["step"] == 32
+  assert rows[1]["train"]["loss"] < rows[0]["train"]["loss"]
+  with open(os.path.join(workdir, "config_changes.jsonl")) as f:
+    assert json.loads(f.readline())["changes"] == {"train.num_epochs": [1, 2]}
+
+
+def test_unwritable_workdir_and_full_disk_fail_before_training(tmp_path, monkeypatch):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a folder")
+  result = run_main(ARGS + [f"--workdir={blocker / 'run'}"])
+  assert result.returncode == 2 and "run directory is not writable" in result.stderr
+  assert "Traceback" not in result.stderr
+
+  class Usage:
+    free = 10 * 2**20
+  monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda path: Usage)
+  with pytest.raises(UserInputError, match=r"only 10 MiB free on its disk; checkpoints need about 400 MiB"):
+    checkpointing.preflight(str(tmp_path / "ok"), 100 * 2**20, keep=2)
