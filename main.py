@@ -13,10 +13,11 @@ import os
 import sys
 
 import bloodcell_jax  # noqa: F401  (selects the JAX backend before JAX loads)
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bloodcell_jax import inference, train
+from bloodcell_jax import distributed, inference, train
 from bloodcell_jax.errors import TrainingDiverged, UserInputError
 
 MODES = ("train", "eval", "predict")
@@ -42,8 +43,14 @@ def run(argv) -> None:
     if FLAGS.config is None:
       raise UserInputError("--config is required to train (for example --config configs/quickstart.py)")
     workdir = FLAGS.workdir or default_workdir(flags.FLAGS["config"].config_filename)
-    train.train_and_evaluate(FLAGS.config, workdir)
-    logging.info("run directory: %s", workdir)
+    distributed.initialize(FLAGS.config)
+    if not distributed.is_primary():
+      logging.set_verbosity(logging.WARNING)
+    row = train.train_and_evaluate(FLAGS.config, workdir)
+    if "params_sha256" in row:
+      who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+      print(f"{who}finished epoch {row['epoch'] + 1}; run directory {workdir}; "
+            f"final parameters sha256 {row['params_sha256']}", flush=True)
     return
   if not FLAGS.workdir:
     raise UserInputError(f"--mode={FLAGS.mode} needs --workdir (the run directory of a trained model)")

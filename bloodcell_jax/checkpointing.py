@@ -38,7 +38,7 @@ def preflight(workdir: str, checkpoint_bytes: int, keep: int) -> None:
   """Fails early, with one line, when the run directory cannot hold the checkpoints."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write-test")
+    probe = os.path.join(workdir, f".write-test-{os.getpid()}")
     with open(probe, "wb") as f:
       f.write(b"0" * 4096)
     os.remove(probe)
@@ -69,6 +69,9 @@ class RunCheckpoints:
     try:
       self.last.save(step, args=args)
       if is_best:
+        if jax.process_count() > 1:
+          # Both managers would name their cross-process barrier after the same step.
+          self.last.wait_until_finished()
         self.best.save(step, args=args)
     except Exception as e:  # Orbax surfaces I/O errors of earlier async saves here too
       raise CheckpointWriteError(f"{self.workdir}: could not write the checkpoint of step {step} ({e}); "

@@ -7,6 +7,7 @@ resumes from the newest intact checkpoint, mid-epoch included, and ends bit-iden
 was never interrupted. SIGTERM or Ctrl-C stop after the current step with a checkpoint.
 """
 
+import hashlib
 import json
 import os
 import time
@@ -19,7 +20,7 @@ from absl import logging
 from flax import jax_utils
 from tqdm import tqdm
 
-from bloodcell_jax import checkpointing, optim
+from bloodcell_jax import checkpointing, distributed, optim
 from bloodcell_jax.augment import POLICIES
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
 from bloodcell_jax.data import pipeline
@@ -126,12 +127,13 @@ def evaluate(p_eval, params, data: ImageSet, class_weights, global_batch: int, n
              desc: str = "eval") -> tuple[dict, np.ndarray]:
   """Metrics and probabilities over every example of `data` (replicated `params`)."""
   outputs = []
-  batches = pipeline.to_devices(pipeline.eval_batches(data, global_batch, num_devices))
+  batches = pipeline.to_devices(pipeline.eval_batches(data, global_batch, num_devices, jax.process_index(),
+                                                      jax.process_count()))
   total = -(-len(data) // global_batch)
   for batch in tqdm(batches, total=total, desc=desc, leave=False, disable=None):
     outputs.append(p_eval(params, batch, class_weights))
   outputs = jax.device_get(outputs)
-  probs = np.concatenate([p.reshape(-1, NUM_CLASSES) for _, p in outputs])[:len(data)]
+  probs = np.concatenate([distributed.gather_examples(p) for _, p in outputs])[:len(data)]
   result = classification_metrics(data.labels, probs) if (data.labels >= 0).all() else {}
   loss_sum = sum(float(m["loss_sum"][0]) for m, _ in outputs)
   result["loss"] = loss_sum / max(sum(float(m["weight_sum"][0]) for m, _ in outputs), 1e-12)
@@ -171,7 +173,7 @@ class _Run:
     self.config, self.workdir = config, workdir
     self.num_devices = jax.local_device_count()
     self.global_batch = config.train.batch_size
-    check_batch_size(self.global_batch, self.num_devices)
+    check_batch_size(self.global_batch, jax.device_count())
     self.metrics_path = os.path.join(workdir, "metrics.jsonl")
 
     self.data = load_train_val(config.data)
@@ -204,7 +206,7 @@ class _Run:
     config, workdir = self.config, self.workdir
     checkpoint_bytes = checkpointing.tree_bytes(self.state) + checkpointing.tree_bytes(self.progress.to_tree())
     checkpointing.preflight(workdir, checkpoint_bytes, config.checkpoint.keep)
-    if config.restart:
+    if config.restart and distributed.is_primary():
       moved = checkpointing.set_aside(workdir)
       if moved:
         logging.warning("restart=True: earlier checkpoints and metrics moved to %s", moved)
@@ -217,15 +219,17 @@ class _Run:
         raise UserInputError(f"{workdir}: holds checkpoints of another model ({', '.join(changed)} differ); "
                              "use another --workdir")
 
-    restored = checkpoints.restore(self.state, check_meta) if checkpoints.steps() else None
+    target = jax.device_get(self.state)
+    restored = checkpoints.restore(target, check_meta) if checkpoints.steps() else None
     if checkpoints.steps() and restored is None:
       raise UserInputError(f"{workdir}: no intact checkpoint among steps {checkpoints.steps()}; pass "
                            "--config.restart=True to start over (they are moved aside, not deleted)")
-    record_config(workdir, config, resuming=restored is not None)
-    save_split(os.path.join(workdir, "split.json"), resolve_path(config.data.source), self.data.how_split,
-               self.data.train, self.data.val)
+    if distributed.is_primary():
+      record_config(workdir, config, resuming=restored is not None)
+      save_split(os.path.join(workdir, "split.json"), resolve_path(config.data.source), self.data.how_split,
+                 self.data.train, self.data.val)
     if restored is None:
-      if os.path.exists(self.metrics_path):
+      if distributed.is_primary() and os.path.exists(self.metrics_path):
         os.remove(self.metrics_path)
       return checkpoints
     self.state, progress_tree, meta = restored
@@ -235,14 +239,17 @@ class _Run:
                            f"images and batch {self.progress.global_batch}, the config now gives "
                            f"{len(self.data.train)} and {self.global_batch}; use another --workdir")
     self.best, self.bad_epochs = meta["best"], meta["bad_epochs"]
-    _keep_metric_rows_before(self.metrics_path, self.progress.epoch)
+    if distributed.is_primary():
+      _keep_metric_rows_before(self.metrics_path, self.progress.epoch)
     logging.info("resumed from %s: epoch %d, batch %d of %d (step %d)", workdir, self.progress.epoch + 1,
                  self.progress.offset, self.steps_per_epoch, int(self.state.step))
     return checkpoints
 
   def _absorb(self, pending: list) -> None:
     """Copies the pending steps' outputs to the host; stops on a NaN/inf step unless told to skip."""
-    bad = self.progress.absorb(jax.device_get(pending))
+    fetched = [(m, distributed.gather_examples(p), distributed.gather_examples(l))
+               for m, p, l in jax.device_get(pending)]
+    bad = self.progress.absorb(fetched)
     pending.clear()
     if bad and not self.config.train.skip_nonfinite_steps:
       step = self.progress.epoch * self.steps_per_epoch + bad[0] + 1
@@ -256,7 +263,8 @@ class _Run:
 
   def _save(self, checkpoints, replicated, is_best: bool = False) -> int:
     step = int(jax.device_get(replicated.step[0]))
-    checkpoints.save(step, unreplicate(replicated), self.progress.to_tree(), self._meta(), is_best)
+    # Host copies: the same on every process, so Orbax writes them once, from any device count.
+    checkpoints.save(step, jax.device_get(unreplicate(replicated)), self.progress.to_tree(), self._meta(), is_best)
     return step
 
   def fit(self, checkpoints: checkpointing.RunCheckpoints) -> dict:
@@ -271,8 +279,8 @@ class _Run:
       while self.progress.epoch < num_epochs:
         epoch, start = self.progress.epoch, time.time()
         batches = pipeline.to_devices(pipeline.train_batches(
-            self.data.train, self.global_batch, self.num_devices, config.seed, epoch, self.progress.offset),
-            config.train.prefetch)
+            self.data.train, self.global_batch, self.num_devices, config.seed, epoch, self.progress.offset,
+            jax.process_index(), jax.process_count()), config.train.prefetch)
         pending = []
         for batch in tqdm(batches, total=self.steps_per_epoch, initial=self.progress.offset,
                           desc=f"epoch {epoch + 1}/{num_epochs}", leave=False, disable=None):
@@ -280,12 +288,13 @@ class _Run:
           pending.append((metrics, probs, batch["label"]))
           done = self.progress.offset + len(pending)
           periodic = every and (epoch * self.steps_per_epoch + done) % every == 0 and done < self.steps_per_epoch
-          if periodic or stop.requested:
+          stopping = self._agreed_stop(stop, done)
+          if periodic or stopping:
             self._absorb(pending)
             step = self._save(checkpoints, replicated)
-            if stop.requested:
+            if stopping:
               checkpoints.close()
-              print(f"stopped by {stop.requested} at step {step} (epoch {epoch + 1}, batch {done} of "
+              print(f"stopped by {stop.requested or 'another process'} at step {step} (epoch {epoch + 1}, batch {done} of "
                     f"{self.steps_per_epoch}); checkpoint in {os.path.join(self.workdir, checkpointing.LAST_DIR)}; "
                     "run the same command to resume", flush=True)
               return row
@@ -296,8 +305,9 @@ class _Run:
         step = int(jax.device_get(replicated.step[0]))
         row = {"epoch": epoch, "step": step, "learning_rate": float(self.schedule(step)),
                "time_s": round(time.time() - start, 2), "train": train_metrics, "val": val_metrics}
-        with open(self.metrics_path, "a") as f:
-          f.write(json.dumps(_finite_or_null(row)) + "\n")
+        if distributed.is_primary():
+          with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(_finite_or_null(row)) + "\n")
         logging.info("epoch %d/%d  train %s | val %s  (%.1fs)", epoch + 1, num_epochs, _summary(train_metrics),
                      _summary(val_metrics), row["time_s"])
 
@@ -312,11 +322,31 @@ class _Run:
           logging.info("early stopping: val %s has not improved for %d epochs", monitor, patience)
           break
     checkpoints.close()
+    row["params_sha256"] = params_digest(unreplicate(replicated.params))
     return row
+
+  def _agreed_stop(self, stop: StopRequest, done: int) -> bool:
+    """Whether to stop now. With several processes they agree every 10 steps (a signal may reach
+    only some of them), so that all of them save the same step together."""
+    if jax.process_count() == 1:
+      return stop.requested is not None
+    return done % 10 == 0 and distributed.any_process(stop.requested is not None)
+
+
+def params_digest(params) -> str:
+  """A short fingerprint of the parameters, to compare runs and processes at a glance."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(jax.device_get(params)):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()[:16]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last epoch's row."""
+  """Trains `config` in `workdir` (resuming if it holds checkpoints).
+
+  Returns the last epoch's metrics row with a fingerprint of the final parameters
+  (`params_sha256`), or an empty row when a signal stopped the run.
+  """
   run = _Run(config, workdir)
   logging.info("data: %d train / %d val images (%s); devices: %d x %s", len(run.data.train), len(run.data.val),
                run.data.how_split, run.num_devices, jax.local_devices()[0].device_kind)

@@ -12,6 +12,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0  # parameter initialisation, shuffling and dropout keys
+  config.distributed = False  # True: jax.distributed.initialize() (also implied by JAX_COORDINATOR_ADDRESS)
   config.restart = False  # True: move the workdir's checkpoints aside and start over
 
   config.data = ml_collections.ConfigDict()

@@ -28,27 +28,39 @@ def _device_layout(array: np.ndarray, num_devices: int) -> np.ndarray:
   return array.reshape((num_devices, array.shape[0] // num_devices) + array.shape[1:])
 
 
-def train_batches(data: ImageSet, global_batch: int, num_devices: int, seed: int, epoch: int,
-                  start_step: int = 0) -> Iterator[dict]:
-  """Full batches of one epoch, from `start_step` on; the last partial batch is dropped.
+def _process_slice(global_batch: int, process_index: int, process_count: int) -> slice:
+  """This process's share of every global batch (several hosts: each reads only its own)."""
+  per_process = global_batch // process_count
+  return slice(process_index * per_process, (process_index + 1) * per_process)
 
-  Dropping it keeps every step the same shape (one compilation); the permutation changes each
-  epoch, so every example is still seen.
+
+def train_batches(data: ImageSet, global_batch: int, num_devices: int, seed: int, epoch: int,
+                  start_step: int = 0, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """This process's part of the full batches of one epoch, from `start_step` on.
+
+  The last partial batch is dropped: every step keeps the same shape (one compilation), and the
+  permutation changes each epoch, so every example is still seen. `num_devices` is the number
+  of local devices.
   """
   order = epoch_permutation(seed, epoch, len(data))
+  mine = _process_slice(global_batch, process_index, process_count)
   for step in range(start_step, steps_per_epoch(len(data), global_batch)):
-    idx = np.sort(order[step * global_batch:(step + 1) * global_batch])
+    idx = np.sort(order[step * global_batch:(step + 1) * global_batch])[mine]
     yield {
         "image": _device_layout(data.images[idx], num_devices),
         "label": _device_layout(data.labels[idx], num_devices),
     }
 
 
-def eval_batches(data: ImageSet, global_batch: int, num_devices: int) -> Iterator[dict]:
-  """Every example once, in order; the last batch is padded and `mask` marks the real examples."""
+def eval_batches(data: ImageSet, global_batch: int, num_devices: int, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict]:
+  """Every example once, in order (this process's part of each batch); the last batch is padded
+  and `mask` marks the real examples."""
+  mine = _process_slice(global_batch, process_index, process_count)
   for start in range(0, len(data), global_batch):
-    idx = np.arange(start, min(start + global_batch, len(data)))
-    pad = global_batch - len(idx)
+    idx = np.arange(start, start + global_batch)[mine]
+    idx = idx[idx < len(data)]
+    pad = global_batch // process_count - len(idx)
     images = data.images[idx]
     labels = data.labels[idx]
     mask = np.ones(len(idx), np.float32)
