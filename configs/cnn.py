@@ -1,7 +1,12 @@
 """The report's baseline CNN (two conv + ReLU + max-pool layers, dense 128, softmax) on pbc96.
 
 96x96 inputs, Lion like the other configs, balanced class weights, on-device
-flips/rotations. Small enough to train on a laptop CPU.
+flips/rotations. Small enough to train on a laptop CPU (4.74M parameters, mostly the dense layer).
+
+Result (2026-11-27, 2-core AMD EPYC VM, 24 GB, CPU only, JAX 0.10.2; the CPU was shared with test
+runs, so the time is an upper bound): validation accuracy 0.9579 after 12 epochs (balanced
+accuracy 0.9569, macro F1 0.9562, macro AUC 0.9978), 27.2 minutes wall clock.
+Split: stratified 80/20 of ../shared/data/pbc96 with split_seed 0.
 """
 
 from configs import default

@@ -1,7 +1,13 @@
 """A small ConvNeXt on the PBC folder (../shared/data/pbc96), made to train on a laptop CPU.
 
-64x64 inputs, ConvNeXt blocks (1, 1, 3, 1) x (32, 64, 128, 256) channels, Lion, balanced class
-weights, on-device flips/rotations.
+64x64 inputs, ConvNeXt blocks (1, 1, 3, 1) x (32, 64, 128, 256) channels (1.18M parameters), Lion,
+balanced class weights, on-device flips/rotations, 25 epochs of batch 64.
+
+Result (2026-11-26, 2-core AMD EPYC VM, 24 GB, CPU only, JAX 0.10.2; the CPU was shared with test
+runs part of the time, so times are upper bounds): validation accuracy 0.9612 after 25 epochs
+(balanced accuracy 0.9586, macro F1 0.9582, macro AUC 0.9986; best epoch 22: 0.9634), 22.8 minutes
+wall clock for the whole command; 0.9356 was reached after epoch 9 (about 8 minutes).
+Split: stratified 80/20 of ../shared/data/pbc96 with split_seed 0 (10,930 train / 2,732 val).
 """
 
 from configs import default
