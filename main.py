@@ -42,7 +42,7 @@ def run(argv) -> None:
   if FLAGS.mode == "train":
     if FLAGS.config is None:
       raise UserInputError("--config is required to train (for example --config configs/quickstart.py)")
-    workdir = FLAGS.workdir or default_workdir(flags.FLAGS["config"].config_filename)
+    workdir = os.path.abspath(FLAGS.workdir or default_workdir(flags.FLAGS["config"].config_filename))
     distributed.initialize(FLAGS.config)
     if not distributed.is_primary():
       logging.set_verbosity(logging.WARNING)
@@ -54,10 +54,11 @@ def run(argv) -> None:
     return
   if not FLAGS.workdir:
     raise UserInputError(f"--mode={FLAGS.mode} needs --workdir (the run directory of a trained model)")
+  workdir = os.path.abspath(FLAGS.workdir)
   if FLAGS.mode == "eval":
-    inference.run_eval(FLAGS.workdir, FLAGS.data, FLAGS.checkpoint)
+    inference.run_eval(workdir, FLAGS.data, FLAGS.checkpoint)
   else:
-    inference.run_predict(FLAGS.workdir, FLAGS.data, FLAGS.output, FLAGS.checkpoint)
+    inference.run_predict(workdir, FLAGS.data, FLAGS.output, FLAGS.checkpoint)
 
 
 class _QuietLibraries(std_logging.Filter):

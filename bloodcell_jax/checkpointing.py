@@ -151,7 +151,7 @@ def find_checkpoint(workdir: str, which: str = "best") -> tuple[str, int]:
 def restore_params(workdir: str, which: str = "best") -> tuple[Any, int]:
   """The parameters (host arrays, so any device count or a CPU-only machine works) and the step."""
   directory, step = find_checkpoint(workdir, which)
-  path = os.path.join(directory, str(step), "state")
+  path = os.path.abspath(os.path.join(directory, str(step), "state"))  # Orbax reads metadata by absolute path
   checkpointer = ocp.PyTreeCheckpointer()
   # NumPy leaves: independent of the devices (or GPU) the checkpoint was written from.
   as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),

@@ -1,7 +1,10 @@
-"""Quickstart: a small ConvNeXt on the bundled 320-image sample; a few minutes on 2 CPU cores.
+"""Quickstart: a small ConvNeXt on the bundled 320-image sample; under a minute on 2 CPU cores.
 
 It shows the whole pipeline (loading, class weights, Lion, pmap, metrics, checkpoints), not a
-useful model: 256 training images are far too few. Expect validation accuracy around 0.5-0.7.
+useful model: 256 training images are far too few.
+
+Result (2026-11-27, 2-core AMD EPYC VM, CPU only, JAX 0.10.2): validation accuracy 0.625 on the 64
+held-out images after 15 epochs (macro AUC 0.933), 39 seconds for the whole command.
 """
 
 from configs import default

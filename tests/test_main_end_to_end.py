@@ -48,7 +48,8 @@ def test_train_resume_eval_predict(tmp_path):
   other = run_main(TINY[:3] + ["--config.model.name=cnn", f"--workdir={workdir}"], devices=1)
   assert other.returncode == 2 and "another model" in other.stderr
 
-  evaluated = run_main(["--mode=eval", f"--workdir={workdir}"], devices=2)
+  relative = os.path.relpath(workdir, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  evaluated = run_main(["--mode=eval", f"--workdir={relative}"], devices=2)  # relative to the repo root
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   with open(os.path.join(workdir, "eval", "validation.json")) as f:
     result = json.load(f)
