@@ -17,10 +17,10 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bloodcell_jax import distributed, inference, train
+from bloodcell_jax import benchmark, distributed, inference, train
 from bloodcell_jax.errors import TrainingDiverged, UserInputError
 
-MODES = ("train", "eval", "predict")
+MODES = ("train", "eval", "predict", "benchmark")
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); fields overridable as --config.x.y=v.")
 flags.DEFINE_string("workdir", None, "Run directory. Default: checkpoints/<config file name>.")
@@ -28,6 +28,10 @@ flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 flags.DEFINE_string("data", None, "eval/predict: data to run on (default for eval: the run's validation split).")
 flags.DEFINE_string("output", None, "predict: CSV path (default: <workdir>/predictions.csv).")
 flags.DEFINE_enum("checkpoint", "best", ("best", "last"), "eval/predict: which checkpoint of the run.")
+flags.DEFINE_list("bench_batch_sizes", None, "benchmark: global batch sizes (default: the config's).")
+flags.DEFINE_list("bench_dtypes", None, "benchmark: compute dtypes, e.g. float32,bfloat16 (default: the config's).")
+flags.DEFINE_integer("bench_steps", 10, "benchmark: steps per timed repeat.")
+flags.DEFINE_integer("bench_repeats", 5, "benchmark: timed repeats (median and spread are reported).")
 FLAGS = flags.FLAGS
 
 
@@ -39,9 +43,18 @@ def default_workdir(config_path: str) -> str:
 def run(argv) -> None:
   if len(argv) > 1:
     raise UserInputError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.mode in ("train", "benchmark") and FLAGS.config is None:
+    raise UserInputError(f"--config is required for --mode={FLAGS.mode} (for example --config configs/quickstart.py)")
+  if FLAGS.mode == "benchmark":
+    workdir = os.path.abspath(FLAGS.workdir or default_workdir(flags.FLAGS["config"].config_filename))
+    try:
+      batch_sizes = [int(b) for b in FLAGS.bench_batch_sizes or [FLAGS.config.train.batch_size]]
+    except ValueError:
+      raise UserInputError(f"--bench_batch_sizes: not a list of integers: {FLAGS.bench_batch_sizes}") from None
+    benchmark.run_benchmark(FLAGS.config, workdir, batch_sizes, FLAGS.bench_dtypes or [FLAGS.config.model.dtype],
+                            FLAGS.bench_steps, FLAGS.bench_repeats)
+    return
   if FLAGS.mode == "train":
-    if FLAGS.config is None:
-      raise UserInputError("--config is required to train (for example --config configs/quickstart.py)")
     workdir = os.path.abspath(FLAGS.workdir or default_workdir(flags.FLAGS["config"].config_filename))
     distributed.initialize(FLAGS.config)
     if not distributed.is_primary():

@@ -128,3 +128,16 @@ def test_nonfinite_steps_are_flagged_and_optionally_skipped(skip):
       np.testing.assert_array_equal(a, b)
   else:
     assert any(np.isnan(np.asarray(x)).any() for x in jax.tree.leaves(new_params))
+
+
+def test_bfloat16_compute_tracks_float32_loss():
+  """bf16 compute with float32 parameters and optimiser state stays close to float32 over a few steps."""
+  batches = _batches(1, 16, 32) * 4
+  weights = np.ones(8, np.float32)
+  results = {}
+  for dtype in ("float32", "bfloat16"):
+    config = tiny_config(**{"model.dtype": dtype, "data.augment": "none", "optim.name": "adamw"})
+    losses, state = _train(1, config, batches, weights)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
+    results[dtype] = losses
+  np.testing.assert_allclose(results["bfloat16"], results["float32"], rtol=0.02)

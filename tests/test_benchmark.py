@@ -1,0 +1,36 @@
+import json
+import os
+
+import jax
+import pytest
+
+from bloodcell_jax import benchmark
+from conftest import tiny_config
+
+
+def test_peak_table_lookup():
+  assert benchmark.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+  assert benchmark.peak_flops("NVIDIA H200", "float32") == 67e12
+  assert benchmark.peak_flops("TPU v5 lite", "bfloat16") == 197e12
+  assert benchmark.peak_flops("cpu", "float32") is None
+
+
+def test_benchmark_reports_every_figure(tmp_path, capsys):
+  config = tiny_config()
+  report = benchmark.run_benchmark(config, str(tmp_path), batch_sizes=[8], dtypes=["float32"], steps=2,
+                                   repeats=2, warmup=1)
+  with open(os.path.join(tmp_path, "benchmark.json")) as f:
+    assert json.load(f) == json.loads(json.dumps(report))
+  env = report["environment"]
+  assert env["device_kind"] == jax.local_devices()[0].device_kind and env["jax"] == jax.__version__
+  (result,) = report["results"]
+  for key in ("train_augment_dihedral", "train_augment_none", "eval"):
+    entry = result[key]
+    assert 0 < entry["images_per_s_min"] <= entry["images_per_s"] <= entry["images_per_s_max"]
+    assert entry["images_per_s_per_device"] == pytest.approx(entry["images_per_s"] / jax.local_device_count())
+    assert entry["compile_s"] > 0
+  plain = result["train_augment_none"]
+  assert plain["flops_per_step"] > 0 and plain["mfu"] is None  # CPU: peak unknown
+  assert result["host_pipeline_over_step"] > 0
+  out = capsys.readouterr().out
+  assert "train+aug img/s" in out and "peak FLOP/s of" in out
