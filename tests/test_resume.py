@@ -81,15 +81,16 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(reference, tmp_path):
   assert _rows(workdir) == _rows(reference)
 
 
-def test_sigterm_checkpoints_and_exits_zero_then_resumes(reference, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_checkpoints_and_exits_zero_then_resumes(reference, tmp_path, signum):
   workdir = str(tmp_path / "run")
   process = _start(ARGS, workdir)
   _wait_for_checkpoint(process, workdir)
-  process.send_signal(signal.SIGTERM)
+  process.send_signal(signum)
   assert process.wait(timeout=120) == 0
   with open(str(tmp_path / "run.log")) as f:
     log = f.read()
-  assert "stopped by SIGTERM at step" in log and "run the same command to resume" in log
+  assert f"stopped by {signal.Signals(signum).name} at step" in log and "run the same command to resume" in log
   resumed = run_main(ARGS + [f"--workdir={workdir}"], devices=2)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   _assert_same_params(reference, workdir)
