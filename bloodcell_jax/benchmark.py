@@ -8,8 +8,6 @@ memory where the backend reports it; and the host input pipeline's images/s next
 consumes. Every figure is written with the device name, JAX version and XLA flags.
 """
 
-import functools
-import json
 import os
 import time
 

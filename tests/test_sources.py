@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from bloodcell_jax.data.prepare import load_eval_set, load_train_val
-from bloodcell_jax.data.sources import SAMPLE_DIR, load_source
+from bloodcell_jax.data.sources import load_source
 from bloodcell_jax.errors import UserInputError
 from conftest import run_main, tiny_config
 
