@@ -1,6 +1,7 @@
 """`--mode=eval` and `--mode=predict`: a trained run's checkpoint applied to a data source."""
 
 import csv
+import io
 import json
 import os
 
@@ -12,6 +13,7 @@ from absl import logging
 from flax import jax_utils
 
 from bloodcell_jax import checkpointing
+from bloodcell_jax.atomic_files import write_json_atomic, write_text_atomic
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
 from bloodcell_jax.data.prepare import load_eval_set, load_train_val
 from bloodcell_jax.data.sources import ImageSet
@@ -19,7 +21,7 @@ from bloodcell_jax.errors import UserInputError
 from bloodcell_jax.metrics import confusion_matrix
 from bloodcell_jax.models import create_model
 from bloodcell_jax.steps import pmapped_steps
-from bloodcell_jax.train import check_batch_size, evaluate, step_config, write_json_atomic
+from bloodcell_jax.train import check_batch_size, evaluate, step_config
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -90,12 +92,11 @@ def run_predict(workdir: str, data_path: str, output: str | None, checkpoint: st
   data = load_eval_set(data_path, config.data.image_size)
   _, probs = _run_model(config, workdir, data, checkpoint)
   output = output or os.path.join(workdir, "predictions.csv")
-  tmp = output + ".tmp"
-  with open(tmp, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["id", "predicted"] + [f"p_{name}" for name in CLASS_NAMES])
-    for image_id, p in zip(data.ids, probs):
-      writer.writerow([image_id, CLASS_NAMES[int(p.argmax())]] + [f"{v:.6f}" for v in p])
-  os.replace(tmp, output)
+  rows = io.StringIO()
+  writer = csv.writer(rows)
+  writer.writerow(["id", "predicted"] + [f"p_{name}" for name in CLASS_NAMES])
+  for image_id, p in zip(data.ids, probs):
+    writer.writerow([image_id, CLASS_NAMES[int(p.argmax())]] + [f"{v:.6f}" for v in p])
+  write_text_atomic(output, rows.getvalue())
   print(f"wrote {len(data)} predictions to {output}")
   return output

@@ -21,6 +21,7 @@ from flax import jax_utils
 from tqdm import tqdm
 
 from bloodcell_jax import checkpointing, distributed, optim
+from bloodcell_jax.atomic_files import write_json_atomic, write_text_atomic
 from bloodcell_jax.augment import POLICIES
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
 from bloodcell_jax.data import pipeline
@@ -90,13 +91,6 @@ def architecture_signature(config: ml_collections.ConfigDict) -> dict:
   return json.loads(json.dumps({k: config.model.get(k) for k in keys} | {"num_classes": NUM_CLASSES}))
 
 
-def write_json_atomic(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
-
-
 def _flatten(tree: dict, prefix: str = "") -> dict:
   out = {}
   for key, value in tree.items():
@@ -160,9 +154,7 @@ def _keep_metric_rows_before(path: str, epoch: int) -> None:
     return
   with open(path) as f:
     rows = [line for line in f if line.strip() and json.loads(line)["epoch"] < epoch]
-  with open(path + ".tmp", "w") as f:
-    f.writelines(rows)
-  os.replace(path + ".tmp", path)
+  write_text_atomic(path, "".join(rows))
 
 
 class _Run:

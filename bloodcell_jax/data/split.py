@@ -1,9 +1,8 @@
 """Seeded, stratified train/validation splits, recorded so that a run can be reproduced."""
 
-import json
-import os
-
 import numpy as np
+
+from bloodcell_jax.atomic_files import write_json_atomic
 
 from bloodcell_jax.data.sources import ImageSet
 
@@ -35,7 +34,4 @@ def save_split(path: str, source: str, how: str, train: ImageSet, val: ImageSet)
       "train_ids": train.ids.tolist(),
       "val_ids": val.ids.tolist(),
   }
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(record, f)
-  os.replace(tmp, path)
+  write_json_atomic(path, record, indent=None)

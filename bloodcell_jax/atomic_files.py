@@ -1,0 +1,15 @@
+"""Files written under a temporary name and renamed into place, so a kill never leaves half a file."""
+
+import json
+import os
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", newline="") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, obj, indent: int | None = 2) -> None:
+  write_text_atomic(path, json.dumps(obj, indent=indent))
