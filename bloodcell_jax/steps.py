@@ -16,7 +16,7 @@ import optax
 from flax import linen as nn
 from flax import struct
 
-from bloodcell_jax.augment import augment_batch
+from bloodcell_jax.augment import augment_batch, to_unit_range
 from bloodcell_jax.losses import l2_penalty, weighted_cross_entropy_terms
 from bloodcell_jax.optim import decay_mask
 
@@ -53,9 +53,8 @@ def unreplicate(tree):
 
 
 def normalize(images: jax.Array, mean, std) -> jax.Array:
-  """uint8 [0, 255] to float32 (x / 255 - mean) / std per channel."""
-  x = images.astype(jnp.float32) / 255.0
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  """uint8 [0, 255] or float [0, 1] images to float32 (x - mean) / std per channel."""
+  return (to_unit_range(images) - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
 @struct.dataclass
@@ -68,6 +67,7 @@ class StepConfig:
   label_smoothing: float = struct.field(pytree_node=False, default=0.0)
   l2: float = struct.field(pytree_node=False, default=0.0)
   augment: str = struct.field(pytree_node=False, default="none")
+  fill_mode: str = struct.field(pytree_node=False, default="reflect")
   skip_nonfinite: bool = struct.field(pytree_node=False, default=False)
 
 
@@ -80,8 +80,9 @@ def train_step(state: TrainState, batch: dict, class_weights: jax.Array, *, mode
   """
   rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
   augment_key, dropout_key = jax.random.split(rng)
-  images = normalize(augment_batch(augment_key, batch["image"], cfg.augment), cfg.mean, cfg.std)
-  targets = jax.nn.one_hot(batch["label"], cfg.num_classes)
+  images, targets = augment_batch(augment_key, batch["image"], jax.nn.one_hot(batch["label"], cfg.num_classes),
+                                  cfg.augment, cfg.fill_mode)
+  images = normalize(images, cfg.mean, cfg.std)
   num_devices = jax.lax.psum(1, AXIS)
 
   def loss_fn(params):

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from bloodcell_jax import checkpointing, distributed, optim
 from bloodcell_jax.atomic_files import write_json_atomic, write_text_atomic
-from bloodcell_jax.augment import POLICIES
+from bloodcell_jax import augment
+from bloodcell_jax.augment.sampling import FILL_MODES
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
 from bloodcell_jax.data import pipeline
 from bloodcell_jax.data.prepare import load_train_val
@@ -51,7 +52,7 @@ def check_batch_size(global_batch: int, num_devices: int) -> int:
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Rejects values that would otherwise fail deep inside tracing, with the field's name."""
   choices = {
-      "data.augment": (config.data.augment, POLICIES),
+      "data.fill_mode": (config.data.get("fill_mode", "reflect"), FILL_MODES),
       "model.depthwise_impl": (config.model.depthwise_impl, IMPLEMENTATIONS),
       "optim.name": (config.optim.name, optim.OPTIMIZERS),
       "optim.trainable": (config.optim.trainable, optim.TRAINABLE),
@@ -61,6 +62,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for field, (value, allowed) in choices.items():
     if value not in allowed:
       raise UserInputError(f"config: {field}={value!r} is not one of {', '.join(allowed)}")
+  try:
+    augment.parse(config.data.augment)
+  except ValueError as e:
+    raise UserInputError(f"config: data.augment: {e}") from None
   if not 0.0 < config.data.val_fraction < 1.0:
     raise UserInputError(f"config: data.val_fraction={config.data.val_fraction} must lie in (0, 1)")
   if config.data.image_size < 32:
@@ -78,7 +83,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def step_config(config: ml_collections.ConfigDict) -> StepConfig:
   return StepConfig(num_classes=NUM_CLASSES, mean=tuple(config.data.mean), std=tuple(config.data.std),
                     label_smoothing=config.loss.label_smoothing, l2=config.loss.l2,
-                    augment=config.data.augment,
+                    augment=config.data.augment, fill_mode=config.data.get("fill_mode", "reflect"),
                     skip_nonfinite=config.train.get("skip_nonfinite_steps", False))
 
 

@@ -20,7 +20,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.image_size = 96  # sources of another size are resized (bicubic)
   config.data.val_fraction = 0.2  # used when the source has no validation split of its own
   config.data.split_seed = 0
-  config.data.augment = "dihedral"  # on-device, train only: "none" or "dihedral" (flips + rot90)
+  # On-device, train only: none, dihedral, light, medium, heavy, report, randaugment(N, M), or a
+  # list "op(p, m) op(p, m) ..." (see bloodcell_jax/augment/policies.py; --mode=preview shows them).
+  config.data.augment = "medium"
+  config.data.fill_mode = "reflect"  # where geometric ops read outside the image: reflect, nearest, constant
   config.data.mean = IMAGENET_MEAN  # input normalisation (travels with pretrained weights)
   config.data.std = IMAGENET_STD
 
