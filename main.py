@@ -17,21 +17,29 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bloodcell_jax import benchmark, distributed, inference, train
+from bloodcell_jax import benchmark, distributed, inference, preview, train
 from bloodcell_jax.errors import TrainingDiverged, UserInputError
 
-MODES = ("train", "eval", "predict", "benchmark")
+MODES = ("train", "eval", "predict", "benchmark", "preview")
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); fields overridable as --config.x.y=v.")
 flags.DEFINE_string("workdir", None, "Run directory. Default: checkpoints/<config file name>.")
 flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 flags.DEFINE_string("data", None, "eval/predict: data to run on (default for eval: the run's validation split).")
-flags.DEFINE_string("output", None, "predict: CSV path (default: <workdir>/predictions.csv).")
+flags.DEFINE_string("output", None, "predict: CSV path (default: <workdir>/predictions.csv); "
+                    "preview: PNG path (default: <workdir>/augment_preview.png).")
 flags.DEFINE_enum("checkpoint", "best", ("best", "last"), "eval/predict: which checkpoint of the run.")
 flags.DEFINE_list("bench_batch_sizes", None, "benchmark: global batch sizes (default: the config's).")
 flags.DEFINE_list("bench_dtypes", None, "benchmark: compute dtypes, e.g. float32,bfloat16 (default: the config's).")
 flags.DEFINE_integer("bench_steps", 10, "benchmark: steps per timed repeat.")
 flags.DEFINE_integer("bench_repeats", 5, "benchmark: timed repeats (median and spread are reported).")
+flags.DEFINE_list("corruptions", [], "eval: also measure accuracy under these corruptions ('all' or names, e.g. "
+                  "jpeg,defocus; see bloodcell_jax/robustness.py).")
+flags.DEFINE_float("severity", 0.8, "eval: corruption magnitude in [0, 1].")
+flags.DEFINE_multi_string("preview_policy", None, "preview: a policy to show (repeatable; default: the config's, "
+                          "light, medium, heavy).")
+flags.DEFINE_integer("preview_columns", 6, "preview: augmented versions per image.")
+flags.DEFINE_integer("preview_per_class", 1, "preview: example images per class.")
 FLAGS = flags.FLAGS
 
 
@@ -43,7 +51,7 @@ def default_workdir(config_path: str) -> str:
 def run(argv) -> None:
   if len(argv) > 1:
     raise UserInputError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if FLAGS.mode in ("train", "benchmark") and FLAGS.config is None:
+  if FLAGS.mode in ("train", "benchmark", "preview") and FLAGS.config is None:
     raise UserInputError(f"--config is required for --mode={FLAGS.mode} (for example --config configs/quickstart.py)")
   if FLAGS.mode == "benchmark":
     workdir = os.path.abspath(FLAGS.workdir or default_workdir(flags.FLAGS["config"].config_filename))
@@ -53,6 +61,12 @@ def run(argv) -> None:
       raise UserInputError(f"--bench_batch_sizes: not a list of integers: {FLAGS.bench_batch_sizes}") from None
     benchmark.run_benchmark(FLAGS.config, workdir, batch_sizes, FLAGS.bench_dtypes or [FLAGS.config.model.dtype],
                             FLAGS.bench_steps, FLAGS.bench_repeats)
+    return
+  if FLAGS.mode == "preview":
+    workdir = os.path.abspath(FLAGS.workdir or default_workdir(flags.FLAGS["config"].config_filename))
+    train.validate_config(FLAGS.config)
+    preview.run_preview(FLAGS.config, FLAGS.output or os.path.join(workdir, "augment_preview.png"),
+                        FLAGS.preview_policy, FLAGS.preview_columns, FLAGS.preview_per_class)
     return
   if FLAGS.mode == "train":
     workdir = os.path.abspath(FLAGS.workdir or default_workdir(flags.FLAGS["config"].config_filename))
@@ -70,6 +84,8 @@ def run(argv) -> None:
   workdir = os.path.abspath(FLAGS.workdir)
   if FLAGS.mode == "eval":
     inference.run_eval(workdir, FLAGS.data, FLAGS.checkpoint)
+    if FLAGS.corruptions:
+      inference.run_robustness(workdir, FLAGS.data, FLAGS.corruptions, FLAGS.severity, FLAGS.checkpoint)
   else:
     inference.run_predict(workdir, FLAGS.data, FLAGS.output, FLAGS.checkpoint)
 

@@ -13,3 +13,10 @@ def write_text_atomic(path: str, text: str) -> None:
 
 def write_json_atomic(path: str, obj, indent: int | None = 2) -> None:
   write_text_atomic(path, json.dumps(obj, indent=indent))
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)

@@ -20,6 +20,7 @@ from bloodcell_jax.data.sources import ImageSet
 from bloodcell_jax.errors import UserInputError
 from bloodcell_jax.metrics import confusion_matrix
 from bloodcell_jax.models import create_model
+from bloodcell_jax.robustness import CORRUPTIONS, corrupt
 from bloodcell_jax.steps import pmapped_steps
 from bloodcell_jax.train import check_batch_size, evaluate, step_config
 
@@ -32,7 +33,8 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def _run_model(config, workdir: str, data: ImageSet, checkpoint: str):
+def _model_runner(config, workdir: str, checkpoint: str):
+  """A function ImageSet -> (metrics, probabilities) with the checkpoint's parameters on the devices."""
   num_devices = jax.local_device_count()
   check_batch_size(config.train.batch_size, num_devices)
   try:
@@ -42,10 +44,13 @@ def _run_model(config, workdir: str, data: ImageSet, checkpoint: str):
   model = create_model(config.model, NUM_CLASSES)
   _, p_eval = pmapped_steps(model, None, step_config(config))
   weights = jax_utils.replicate(jnp.ones(NUM_CLASSES))
-  metrics, probs = evaluate(p_eval, jax_utils.replicate(params), data, weights, config.train.batch_size,
-                            num_devices)
-  logging.info("used the '%s' checkpoint of %s (step %d)", checkpoint, workdir, step)
-  return metrics, probs
+  params = jax_utils.replicate(params)
+  logging.info("using the '%s' checkpoint of %s (step %d)", checkpoint, workdir, step)
+  return lambda data: evaluate(p_eval, params, data, weights, config.train.batch_size, num_devices)
+
+
+def _run_model(config, workdir: str, data: ImageSet, checkpoint: str):
+  return _model_runner(config, workdir, checkpoint)(data)
 
 
 def _data_to_use(config, data_path: str | None) -> tuple[ImageSet, str]:
@@ -80,6 +85,37 @@ def run_eval(workdir: str, data_path: str | None, checkpoint: str = "best") -> d
     print(f"  {key:<18} {metrics[key]:.4f}")
   print("confusion matrix (rows: true class, columns: predicted)")
   print(format_confusion(matrix))
+  print(f"saved {out}")
+  return result
+
+
+def run_robustness(workdir: str, data_path: str | None, corruptions: list[str], severity: float,
+                   checkpoint: str = "best") -> dict:
+  """Accuracy on the clean data and under each corruption; printed and saved under eval/."""
+  corruptions = list(CORRUPTIONS) if corruptions == ["all"] else corruptions
+  unknown = [c for c in corruptions if c not in CORRUPTIONS]
+  if unknown:
+    raise UserInputError(f"--corruptions: unknown {', '.join(unknown)}; choose from all, {', '.join(CORRUPTIONS)}")
+  if not 0.0 <= severity <= 1.0:
+    raise UserInputError(f"--severity={severity} must lie in [0, 1]")
+  config = load_run_config(workdir)
+  data, name = _data_to_use(config, data_path)
+  if (data.labels < 0).any():
+    raise UserInputError(f"{data_path}: has no labels; robustness needs labelled images")
+  run = _model_runner(config, workdir, checkpoint)
+  rows = {}
+  for corruption in ["clean"] + corruptions:
+    metrics, _ = run(data if corruption == "clean" else corrupt(data, corruption, severity))
+    rows[corruption] = {k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")}
+    print(f"  {corruption:<14} accuracy {metrics['accuracy']:.4f}  balanced {metrics['balanced_accuracy']:.4f}")
+  mean = float(np.mean([rows[c]["accuracy"] for c in corruptions])) if corruptions else None
+  result = {"data": data_path or "validation split", "checkpoint": checkpoint, "num_images": len(data),
+            "severity": severity, "results": rows, "mean_corrupted_accuracy": mean}
+  os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+  out = os.path.join(workdir, "eval", f"{name}_robustness.json")
+  write_json_atomic(out, result)
+  if mean is not None:
+    print(f"  mean over {len(corruptions)} corruptions: accuracy {mean:.4f} (clean {rows['clean']['accuracy']:.4f})")
   print(f"saved {out}")
   return result
 
