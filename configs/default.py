@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.drop_path_rate = 0.1
   config.model.head_dropout = 0.0
   config.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
-  config.model.depthwise_impl = "auto"  # "auto" (shift-add on CPU, XLA grouped conv elsewhere), "xla", "shift"
+  config.model.depthwise_impl = "auto"  # "auto" (shift-add on CPU/GPU, XLA grouped conv on TPU), "xla", "shift"
 
   config.loss = ml_collections.ConfigDict()
   config.loss.class_weights = "balanced"  # "none", "balanced" (N / (C * n_c)) or a list of 8 numbers

@@ -119,11 +119,15 @@ def _randaugment_layer(key, image, magnitude, fill_mode):
 def _where_any(apply: jax.Array, op, images: jax.Array) -> jax.Array:
   """op(images) where `apply` (per example) holds, else images; skipped when no example applies.
 
-  The `cond` also fences each op into its own XLA computation: without it, CPU fusion inlines an
-  op's work into every later read of its output (a gather, MixUp's partner) and recomputes it.
+  On CPU the `cond` also fences each op into its own XLA computation: without it, CPU fusion
+  inlines an op's work into every later read of its output (a gather, MixUp's partner) and
+  recomputes it (heavy: 510 ms per 64 images unfenced, 57 ms fenced). On GPUs the fences would
+  only add kernel launches and synchronisation, so the ops there fuse freely.
   """
   def run(x):
     return jnp.where(apply[:, None, None, None], op(x), x)
+  if jax.default_backend() != "cpu":
+    return run(images)
   return jax.lax.cond(apply.any(), run, lambda x: x, images)
 
 

@@ -1,8 +1,11 @@
 """A depthwise convolution with two interchangeable implementations and one parameter tree.
 
-XLA:CPU runs grouped convolutions (feature_group_count == channels) slowly; a k x k depthwise
-convolution written as k*k shifted multiply-adds is several times faster there, while GPUs and
-TPUs have fast grouped-convolution kernels. `impl="auto"` picks per backend at trace time. Both
+XLA runs grouped convolutions (feature_group_count == channels) slowly on CPU, and on GPU their
+backward pass is slow too; a k x k depthwise convolution written as k*k shifted multiply-adds,
+which XLA fuses into one memory-bound loop, trains faster on both. Measured: ConvNeXt-T, 96x96,
+train step images/s, CPU (2-core EPYC, fp32, batch 32) 14.3 shift vs 9.6 grouped; H100 (bf16,
+batch 256) 8419 vs 6654 (though eval alone is faster grouped: 53k vs 42k). TPUs keep the
+grouped convolution (not measured here). `impl="auto"` picks per backend at trace time. Both
 use the kernel layout of `flax.linen.Conv(feature_group_count=C)`: (k, k, 1, C).
 """
 
@@ -17,7 +20,7 @@ def resolve_impl(impl: str) -> str:
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"depthwise impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
   if impl == "auto":
-    return "shift" if jax.default_backend() == "cpu" else "xla"
+    return "xla" if jax.default_backend() == "tpu" else "shift"
   return impl
 
 
