@@ -51,6 +51,36 @@ def trainable_mask(params, trainable: str, unfreeze_stages: int = 0):
   return jax.tree_util.tree_map_with_path(is_trainable, params)
 
 
+def layer_index(path: str, depths: tuple[int, ...]) -> int:
+  """Depth of a ConvNeXt parameter for layer-wise decay: stem 0, blocks 1..L (a stage's downsampling
+  with its first block), head L + 1; parameters of other models count as the head."""
+  match = re.match(r"stages_(\d+)/(?:blocks_(\d+)|downsample)", path)
+  if path.startswith("stem"):
+    return 0
+  if match:
+    stage = int(match.group(1))
+    return 1 + sum(depths[:stage]) + int(match.group(2) or 0)
+  return sum(depths) + 1
+
+
+def layer_scales(params, decay: float):
+  """decay^(L + 1 - layer) per parameter: 1 for the head, smallest for the stem."""
+  depths = []
+  for name in sorted(k for k in params if _stage_of(k) is not None):
+    depths.append(len([b for b in params[name] if b.startswith("blocks_")]))
+  top = sum(depths) + 1
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: decay ** (top - layer_index("/".join(str(getattr(p, "key", p)) for p in path), tuple(depths))),
+      params)
+
+
+def scale_by_tree(scales) -> optax.GradientTransformation:
+  """Multiplies each update by a fixed per-parameter factor (layer-wise learning rates)."""
+  return optax.GradientTransformation(
+      lambda params: optax.EmptyState(),
+      lambda updates, state, params=None: (jax.tree.map(lambda u, s: u * s, updates, scales), state))
+
+
 def learning_rate_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, num_epochs: int) -> optax.Schedule:
   total = max(1, steps_per_epoch * num_epochs)
   warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
@@ -79,4 +109,8 @@ def create_optimizer(cfg: ml_collections.ConfigDict, params, schedule: optax.Sch
     inner = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), inner)
   labels = jax.tree.map(lambda t: "train" if t else "freeze",
                         trainable_mask(params, cfg.trainable, cfg.unfreeze_stages))
-  return optax.multi_transform({"train": inner, "freeze": optax.set_to_zero()}, labels)
+  tx = optax.multi_transform({"train": inner, "freeze": optax.set_to_zero()}, labels)
+  decay = cfg.get("layer_decay", 1.0)
+  if not 0.0 < decay <= 1.0:
+    raise ValueError(f"optim.layer_decay must lie in (0, 1], got {decay}")
+  return optax.chain(tx, scale_by_tree(layer_scales(params, decay))) if decay < 1.0 else tx

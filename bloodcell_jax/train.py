@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from bloodcell_jax import checkpointing, distributed, optim
 from bloodcell_jax.atomic_files import write_json_atomic, write_text_atomic
-from bloodcell_jax import augment
+from bloodcell_jax import augment, pretrained
 from bloodcell_jax.augment.sampling import FILL_MODES
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
 from bloodcell_jax.data import pipeline
@@ -68,6 +68,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise UserInputError(f"config: data.augment: {e}") from None
   if not 0.0 < config.data.val_fraction < 1.0:
     raise UserInputError(f"config: data.val_fraction={config.data.val_fraction} must lie in (0, 1)")
+  if not 0.0 < config.optim.get("layer_decay", 1.0) <= 1.0:
+    raise UserInputError(f"config: optim.layer_decay={config.optim.layer_decay} must lie in (0, 1]")
   if config.data.image_size < 32:
     raise UserInputError(f"config: data.image_size={config.data.image_size} is below the minimum of 32")
   if config.train.num_epochs < 1:
@@ -166,6 +168,7 @@ class _Run:
   """Everything one training run holds; `train_and_evaluate` builds it and calls `fit`."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    pretrained.apply_to_config(config)  # architecture and input normalisation of ported weights
     validate_config(config)
     self.config, self.workdir = config, workdir
     self.num_devices = jax.local_device_count()
@@ -186,6 +189,8 @@ class _Run:
     self.steps_per_epoch = pipeline.steps_per_epoch(len(self.data.train), self.global_batch)
     self.schedule = optim.learning_rate_schedule(config.optim, self.steps_per_epoch, config.train.num_epochs)
     params = init_params(self.model, config.data.image_size, config.seed)
+    if config.model.get("init_from"):
+      params = pretrained.merge_into(params, config)
     self.tx = optim.create_optimizer(config.optim, params, self.schedule)
     self.state = create_train_state(params, self.tx, config.seed)
     self.progress = self._new_epoch(0)

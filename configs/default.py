@@ -35,6 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.drop_path_rate = 0.1
   config.model.head_dropout = 0.0
   config.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)
+  # Ported ImageNet weights (python -m bloodcell_jax.pretrained ...): a name under checkpoints/pretrained/
+  # or a directory. They set depths/dims and data.mean/std; the 8-class head starts fresh unless keep_head.
+  config.model.init_from = ""
+  config.model.keep_head = False
   config.model.depthwise_impl = "auto"  # "auto" (shift-add on CPU/GPU, XLA grouped conv on TPU), "xla", "shift"
 
   config.loss = ml_collections.ConfigDict()
@@ -55,6 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.grad_clip_norm = 1.0  # 0 disables clipping
   config.optim.trainable = "all"  # "all", "head", or "last_stages" (head + last unfreeze_stages stages)
   config.optim.unfreeze_stages = 0
+  config.optim.layer_decay = 1.0  # layer-wise LR decay for fine-tuning: block k of L gets lr * decay^(L + 1 - k)
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 64  # global: split evenly over the local devices

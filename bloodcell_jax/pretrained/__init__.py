@@ -1,0 +1,12 @@
+"""ImageNet-pretrained ConvNeXt weights: port them from timm / facebook / Hugging Face checkpoints,
+store them under checkpoints/pretrained/<name>/, and start fine-tuning from them (`model.init_from`).
+
+  python -m bloodcell_jax.pretrained convnext_tiny.fb_in22k_ft_in1k     # fetched from the Hub
+  python -m bloodcell_jax.pretrained path/to/convnext_tiny_22k_1k_224.pth --name convnext_tiny_fb
+"""
+
+from bloodcell_jax.pretrained.finetune import apply_to_config, merge_into
+from bloodcell_jax.pretrained.port import Converted, PortError, convert
+from bloodcell_jax.pretrained.store import load, save
+
+__all__ = ["Converted", "PortError", "apply_to_config", "convert", "load", "merge_into", "save"]

@@ -1,0 +1,68 @@
+"""python -m bloodcell_jax.pretrained SOURCE [--name NAME] [--out DIR] [--overwrite]
+
+SOURCE: a timm model name (fetched from the Hugging Face Hub, e.g. convnext_base.fb_in22k_ft_in1k),
+a .safetensors / .pth / .bin file (timm or facebookresearch/ConvNeXt keys), or a Hugging Face
+ConvNextForImageClassification directory. Writes checkpoints/pretrained/<name>/.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from bloodcell_jax.errors import UserInputError
+from bloodcell_jax.pretrained import convert, save
+from bloodcell_jax.pretrained.readers import fetch_timm, read_file, sha256_of
+from bloodcell_jax.pretrained.store import DEFAULT_ROOT
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalisation(source_config: dict) -> tuple[list, list]:
+  """Input mean/std from the source's config (timm's pretrained_cfg or HF's), else ImageNet's."""
+  cfg = source_config.get("pretrained_cfg", source_config)
+  mean = cfg.get("mean", cfg.get("image_mean", IMAGENET_MEAN))
+  std = cfg.get("std", cfg.get("image_std", IMAGENET_STD))
+  return [float(m) for m in mean], [float(s) for s in std]
+
+
+def port(source: str, name: str | None = None, out: str = DEFAULT_ROOT, overwrite: bool = False) -> str:
+  path = source if os.path.exists(source) else fetch_timm(source)
+  tensors, read_path, source_config = read_file(path)
+  preprocessor = os.path.join(os.path.dirname(read_path), "preprocessor_config.json")  # Hugging Face's
+  if os.path.exists(preprocessor):
+    with open(preprocessor) as f:
+      source_config = {**source_config, **json.load(f)}
+  converted = convert(tensors, read_path)
+  mean, std = normalisation(source_config)
+  name = name or (source if not os.path.exists(source) else
+                  os.path.splitext(os.path.basename(os.path.normpath(source)))[0])
+  meta = {"name": name, "source": source, "file": os.path.abspath(read_path), "sha256": sha256_of(read_path),
+          "scheme": converted.scheme, "variant": converted.variant, "depths": list(converted.depths),
+          "dims": list(converted.dims), "num_classes": converted.num_classes, "mean": mean, "std": std,
+          "key_report": {"source_keys": len(tensors), "mapped": len(converted.key_map), "unexpected": [],
+                         "missing": [], "map": converted.key_map}}
+  directory = save(os.path.join(out, name), converted.params, meta, overwrite)
+  print(f"ported {len(converted.key_map)} tensors ({converted.scheme} names, ConvNeXt {converted.variant}, "
+        f"{converted.num_classes}-class head) from {read_path} to {directory}")
+  return directory
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m bloodcell_jax.pretrained", description=__doc__.split("\n\n")[1])
+  parser.add_argument("source")
+  parser.add_argument("--name", help="directory name under --out (default: the timm name or file name)")
+  parser.add_argument("--out", default=DEFAULT_ROOT)
+  parser.add_argument("--overwrite", action="store_true")
+  args = parser.parse_args(argv)
+  try:
+    port(args.source, args.name, args.out, args.overwrite)
+  except UserInputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

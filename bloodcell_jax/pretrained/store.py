@@ -1,0 +1,61 @@
+"""Ported weights on disk: checkpoints/pretrained/<name>/ holds an Orbax checkpoint of the parameters
+(params/) and pretrained.json (source, sha256, architecture, input normalisation, key report).
+
+Written under a temporary name and renamed, so an interrupted port leaves nothing that loads.
+"""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from bloodcell_jax.atomic_files import write_json_atomic
+from bloodcell_jax.errors import UserInputError
+
+META_FILE = "pretrained.json"
+DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                            "checkpoints", "pretrained")
+
+
+def save(directory: str, params: dict, meta: dict, overwrite: bool = False) -> str:
+  directory = os.path.abspath(directory)
+  if os.path.exists(directory) and not overwrite:
+    raise UserInputError(f"{directory}: already exists; pass --overwrite to replace it")
+  tmp = f"{directory}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(os.path.join(tmp, "params"), params)
+    write_json_atomic(os.path.join(tmp, META_FILE), meta)
+    if os.path.exists(directory):
+      shutil.rmtree(directory)
+    os.replace(tmp, directory)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return directory
+
+
+def resolve(name_or_path: str) -> str:
+  """A directory as given, or checkpoints/pretrained/<name>."""
+  for candidate in (name_or_path, os.path.join(DEFAULT_ROOT, name_or_path)):
+    if os.path.isfile(os.path.join(candidate, META_FILE)):
+      return os.path.abspath(candidate)
+  raise UserInputError(f"{name_or_path}: no ported weights there (nor in {DEFAULT_ROOT}); create them with "
+                       f"`python -m bloodcell_jax.pretrained <timm name or file>`")
+
+
+def load(name_or_path: str) -> tuple[dict, dict]:
+  """(parameters as numpy arrays, metadata) of ported weights."""
+  directory = resolve(name_or_path)
+  with open(os.path.join(directory, META_FILE)) as f:
+    meta = json.load(f)
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      params = checkpointer.restore(os.path.join(directory, "params"))
+  except Exception as e:
+    raise UserInputError(f"{directory}: the parameters do not load ({type(e).__name__}: {e})") from None
+  import jax
+  return jax.tree.map(np.asarray, params), meta
