@@ -1,0 +1,86 @@
+"""Offline oversampling: raise every class to a target count with geometric augmentation, as the
+report did (each class to about 5,500 images), and write the result as a new npz file.
+
+  python -m bloodcell_jax.oversample --data ../shared/data/pbc96 --target 5500 --output balanced.npz
+
+Originals are kept as they are; the added images are random dihedral flips/rotations plus a random
+affine warp (rotation, scale, shear; mirrored edges) of randomly chosen originals of the same
+class, made on the accelerator with the training ops. Output: keys `images` (N, H, W, 3) uint8 and
+`labels` (N, 1), the course file's layout, plus `source_index` (the original each image is, or was
+made from) and `augmented` flags. Classes already
+above the target are left as they are (never subsampled). Written to a temporary name, then renamed.
+"""
+
+import argparse
+import os
+import sys
+
+import jax
+import numpy as np
+
+from bloodcell_jax.augment import augment_batch
+from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
+from bloodcell_jax.data.sources import load_source
+from bloodcell_jax.errors import UserInputError
+
+GEOMETRIC = "dihedral(1, 1) affine(1, 0.5)"
+_CHUNK = 256
+
+
+def oversample(images: np.ndarray, labels: np.ndarray, target: int, seed: int = 0,
+               policy: str = GEOMETRIC) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(images, labels, source index) with every class present raised to at least `target` images."""
+  rng = np.random.default_rng(seed)
+  sources = [np.arange(len(labels))]
+  for c in range(NUM_CLASSES):
+    members = np.flatnonzero(labels == c)
+    if 0 < len(members) < target:
+      sources.append(rng.choice(members, target - len(members)))
+  source_index = np.concatenate(sources)
+  extra = source_index[len(labels):]
+  run = jax.jit(lambda key, x: augment_batch(key, x, np.zeros((x.shape[0], 1), np.float32), policy)[0])
+  made = []
+  for start in range(0, len(extra), _CHUNK):
+    chunk = images[extra[start:start + _CHUNK]]
+    padded = np.concatenate([chunk, np.zeros((_CHUNK - len(chunk),) + chunk.shape[1:], np.uint8)])
+    out = np.asarray(run(jax.random.fold_in(jax.random.PRNGKey(seed), start), padded))[:len(chunk)]
+    made.append(np.clip(np.round(out * 255), 0, 255).astype(np.uint8))
+  all_images = np.concatenate([images] + made) if made else images
+  return all_images, labels[source_index], source_index
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m bloodcell_jax.oversample", description=__doc__.split("\n\n")[0])
+  parser.add_argument("--data", required=True, help="npz file or folder of class folders")
+  parser.add_argument("--target", type=int, required=True, help="images per class after oversampling")
+  parser.add_argument("--output", required=True, help="the new .npz file")
+  parser.add_argument("--image_size", type=int, default=96)
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args(argv)
+  try:
+    if not args.output.endswith(".npz"):
+      raise UserInputError(f"{args.output}: the output must be an .npz file")
+    if os.path.abspath(args.output) == os.path.abspath(args.data):
+      raise UserInputError(f"{args.output}: would overwrite the input; choose another name")
+    if args.target < 1:
+      raise UserInputError(f"--target={args.target} must be at least 1")
+    sets = load_source(args.data, args.image_size, min_classes=1)
+    pool = sets.get("train", sets.get("all"))
+    images, labels, source_index = oversample(pool.images, pool.labels, args.target, args.seed)
+    tmp = args.output[:-4] + f".tmp-{os.getpid()}.npz"
+    np.savez_compressed(tmp, images=images, labels=labels[:, None].astype(np.int64), source_index=source_index,
+                        augmented=np.arange(len(labels)) >= len(pool.labels))
+    os.replace(tmp, args.output)
+  except UserInputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  before = np.bincount(pool.labels, minlength=NUM_CLASSES)
+  after = np.bincount(labels, minlength=NUM_CLASSES)
+  for name, b, a in zip(CLASS_NAMES, before, after):
+    print(f"  {name:<14} {b:>6} -> {a:>6}")
+  print(f"wrote {args.output}: {len(labels)} images ({len(labels) - len(pool.labels)} added)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
