@@ -49,8 +49,14 @@ def test_train_resume_eval_predict(tmp_path):
   assert other.returncode == 2 and "another model" in other.stderr
 
   relative = os.path.relpath(workdir, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  evaluated = run_main(["--mode=eval", f"--workdir={relative}"], devices=2)  # relative to the repo root
+  evaluated = run_main(["--mode=eval", f"--workdir={relative}", "--corruptions=jpeg,mixed", "--severity=0.5"],
+                       devices=2)  # relative to the repo root
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  with open(os.path.join(workdir, "eval", "validation_robustness.json")) as f:
+    robustness = json.load(f)
+  assert set(robustness["results"]) == {"clean", "jpeg", "mixed"} and robustness["severity"] == 0.5
+  with open(os.path.join(workdir, "eval", "validation.json")) as f:
+    assert robustness["results"]["clean"]["accuracy"] == json.load(f)["accuracy"]
   with open(os.path.join(workdir, "eval", "validation.json")) as f:
     result = json.load(f)
   assert result["num_images"] == 64
