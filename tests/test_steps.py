@@ -141,3 +141,27 @@ def test_bfloat16_compute_tracks_float32_loss():
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
     results[dtype] = losses
   np.testing.assert_allclose(results["bfloat16"], results["float32"], rtol=0.02)
+
+
+def test_eval_never_augments_and_train_augments_per_policy():
+  """The eval step (used by eval and predict) gives the same output whatever the train policy;
+  the train step's loss does depend on it, and repeats exactly for the same state and batch."""
+  config = tiny_config(**{"data.augment": "none"})
+  model, tx, state = _setup(config)
+  batch = _batches(1, 8, config.data.image_size)[0]
+  eval_batch = dict(batch, mask=np.ones(8, np.float32))
+  weights = jnp.ones(8)
+  outputs = {}
+  for policy in ("none", "heavy"):
+    cfg = StepConfig(num_classes=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), augment=policy)
+    run_eval = jax.pmap(functools.partial(eval_step, model=model, cfg=cfg), axis_name=AXIS,
+                        devices=jax.local_devices()[:1])
+    run_train = jax.pmap(functools.partial(train_step, model=model, tx=tx, cfg=cfg), axis_name=AXIS,
+                         devices=jax.local_devices()[:1])
+    add_axis = functools.partial(jax.tree.map, lambda x: x[None])
+    _, probs = run_eval(add_axis(state.params), add_axis(eval_batch), weights[None])
+    losses = [float(run_train(add_axis(state), add_axis(batch), weights[None])[1]["loss_sum"][0]) for _ in range(2)]
+    outputs[policy] = (np.asarray(probs), losses)
+  np.testing.assert_array_equal(outputs["none"][0], outputs["heavy"][0])
+  assert outputs["heavy"][1][0] == outputs["heavy"][1][1]  # same key, same augmentation
+  assert outputs["none"][1][0] != outputs["heavy"][1][0]
