@@ -7,6 +7,8 @@ class weights training would use), and unless --dry_run writes beside the input:
   <name>_clean.npz or <name>_clean/   the kept images, same format as the input
   <that>.manifest.json                every removed image: id, index, label, reason, score, group
   <that>.removed.png                  a contact sheet of what was removed, grouped by reason
+  <name>_clean_balanced.npz           with --balance_target N: the kept training images with every
+                                      class raised to N by geometric augmentation (oversample.py)
 The input is never modified; every output is written under a temporary name and renamed.
 """
 
@@ -28,6 +30,7 @@ from bloodcell_jax.data.hygiene import Thresholds, find_problems
 from bloodcell_jax.data.sources import load_source, resolve_path
 from bloodcell_jax.errors import UserInputError
 from bloodcell_jax.losses import class_weights
+from bloodcell_jax.oversample import oversample
 
 REASONS = ("blended_outlier", "exact_duplicate", "near_duplicate", "blank", "saturated", "colour_layout",
            "wrong_size")
@@ -118,7 +121,7 @@ def _write_folder(source: str, output: str, kept_ids) -> None:
 
 
 def clean(source: str, thresholds: Thresholds = Thresholds(), dry_run: bool = False, output: str | None = None,
-          image_size: int = 96) -> dict:
+          image_size: int = 96, balance_target: int = 0) -> dict:
   """Runs the whole command; returns the manifest."""
   start = time.time()
   path = resolve_path(source)
@@ -159,6 +162,16 @@ def clean(source: str, thresholds: Thresholds = Thresholds(), dry_run: bool = Fa
   shifted = [type(f)(f.index + offsets[i], f.reason, f.score, f.group) for i, (_, _, fs) in enumerate(all_findings)
              for f in fs]
   write_bytes_atomic(output.rstrip(os.sep) + ".removed.png", contact_sheet(images, shifted))
+  if balance_target:
+    split, data, _ = next(x for x in all_findings if x[0] in ("train", "all"))
+    kept = np.flatnonzero(keep_by_split[split])
+    balanced_images, balanced_labels, _ = oversample(data.images[kept], data.labels[kept], balance_target)
+    balanced = os.path.splitext(output.rstrip(os.sep))[0] + "_balanced.npz"
+    tmp = balanced[:-4] + f".tmp-{os.getpid()}.npz"
+    np.savez_compressed(tmp, images=balanced_images, labels=balanced_labels[:, None].astype(np.int64))
+    os.replace(tmp, balanced)
+    manifest["balanced_output"] = balanced
+    print(f"wrote {balanced}: per class {np.bincount(balanced_labels, minlength=NUM_CLASSES).tolist()}")
   write_json_atomic(output.rstrip(os.sep) + ".manifest.json", manifest)
   print(f"wrote {output} (+ .manifest.json, .removed.png) in {manifest['seconds']} s")
   return manifest
@@ -170,13 +183,17 @@ def main(argv=None) -> int:
   parser.add_argument("--output", help="default: <input>_clean.npz or <input>_clean/ beside the input")
   parser.add_argument("--dry_run", action="store_true", help="only report")
   parser.add_argument("--image_size", type=int, default=96)
+  parser.add_argument("--balance_target", type=int, default=0,
+                      help="also write <output>_balanced.npz with every class oversampled to this count")
   defaults = Thresholds()
   for field in vars(defaults):
     parser.add_argument(f"--{field}", type=type(getattr(defaults, field)), default=getattr(defaults, field))
   args = parser.parse_args(argv)
   thresholds = Thresholds(**{k: getattr(args, k) for k in vars(defaults)})
   try:
-    clean(args.data, thresholds, args.dry_run, args.output, args.image_size)
+    if args.balance_target < 0:
+      raise UserInputError(f"--balance_target={args.balance_target} must be positive")
+    clean(args.data, thresholds, args.dry_run, args.output, args.image_size, args.balance_target)
   except UserInputError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -128,9 +128,11 @@ def test_npz_output_keeps_the_format_and_dry_run_writes_nothing(tmp_path, capsys
   np.savez(source, images=images, labels=labels)
   assert main(["--data", str(source), "--dry_run"]) == 0
   assert "dry run" in capsys.readouterr().out and not os.path.exists(tmp_path / "training_set_clean.npz")
-  assert main(["--data", str(source)]) == 0
+  assert main(["--data", str(source), "--balance_target", "12"]) == 0
   with np.load(tmp_path / "training_set_clean.npz") as out:
     assert out["images"].shape == (39, 96, 96, 3) and out["labels"].shape == (39, 1)
+  with np.load(tmp_path / "training_set_clean_balanced.npz") as out:
+    assert np.bincount(out["labels"][:, 0]).tolist() == [12, 12, 12, 12]
   with open(tmp_path / "training_set_clean.npz.manifest.json") as f:
     manifest = json.load(f)
   assert [(e["index"], e["reason"], e["group"]) for e in manifest["removed"]] == [(5, "exact_duplicate", 4)]
