@@ -3,6 +3,8 @@
 import json
 import os
 
+import numpy as np
+
 
 def write_text_atomic(path: str, text: str) -> None:
   tmp = path + ".tmp"
@@ -19,4 +21,11 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
   tmp = path + ".tmp"
   with open(tmp, "wb") as f:
     f.write(data)
+  os.replace(tmp, path)
+
+
+def write_npz_atomic(path: str, **arrays) -> None:
+  """A compressed .npz written under a temporary name (ending in .npz, or numpy appends one)."""
+  tmp = f"{path[:-4]}.tmp-{os.getpid()}.npz"
+  np.savez_compressed(tmp, **arrays)
   os.replace(tmp, path)

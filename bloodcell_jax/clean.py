@@ -15,7 +15,6 @@ The input is never modified; every output is written under a temporary name and 
 import argparse
 import collections
 import io
-import json
 import os
 import shutil
 import sys
@@ -24,11 +23,11 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
-from bloodcell_jax.atomic_files import write_bytes_atomic, write_json_atomic
+from bloodcell_jax.atomic_files import write_bytes_atomic, write_json_atomic, write_npz_atomic
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
 from bloodcell_jax.data.hygiene import Thresholds, find_problems
 from bloodcell_jax.data.sources import load_source, resolve_path
-from bloodcell_jax.errors import UserInputError
+from bloodcell_jax.errors import UserInputError, cli_exit_status
 from bloodcell_jax.losses import class_weights
 from bloodcell_jax.oversample import oversample
 
@@ -100,9 +99,7 @@ def _write_npz(source: str, output: str, keep_by_split: dict) -> None:
     for key in list(arrays):
       if key.startswith(prefix) and len(arrays[key]) == len(keep):
         arrays[key] = arrays[key][keep]
-  tmp = output[:-4] + f".tmp-{os.getpid()}.npz"
-  np.savez_compressed(tmp, **arrays)
-  os.replace(tmp, output)
+  write_npz_atomic(output, **arrays)
 
 
 def _write_folder(source: str, output: str, kept_ids) -> None:
@@ -167,9 +164,7 @@ def clean(source: str, thresholds: Thresholds = Thresholds(), dry_run: bool = Fa
     kept = np.flatnonzero(keep_by_split[split])
     balanced_images, balanced_labels, _ = oversample(data.images[kept], data.labels[kept], balance_target)
     balanced = os.path.splitext(output.rstrip(os.sep))[0] + "_balanced.npz"
-    tmp = balanced[:-4] + f".tmp-{os.getpid()}.npz"
-    np.savez_compressed(tmp, images=balanced_images, labels=balanced_labels[:, None].astype(np.int64))
-    os.replace(tmp, balanced)
+    write_npz_atomic(balanced, images=balanced_images, labels=balanced_labels[:, None].astype(np.int64))
     manifest["balanced_output"] = balanced
     print(f"wrote {balanced}: per class {np.bincount(balanced_labels, minlength=NUM_CLASSES).tolist()}")
   write_json_atomic(output.rstrip(os.sep) + ".manifest.json", manifest)
@@ -190,14 +185,12 @@ def main(argv=None) -> int:
     parser.add_argument(f"--{field}", type=type(getattr(defaults, field)), default=getattr(defaults, field))
   args = parser.parse_args(argv)
   thresholds = Thresholds(**{k: getattr(args, k) for k in vars(defaults)})
-  try:
+  def run():
     if args.balance_target < 0:
       raise UserInputError(f"--balance_target={args.balance_target} must be positive")
     clean(args.data, thresholds, args.dry_run, args.output, args.image_size, args.balance_target)
-  except UserInputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+
+  return cli_exit_status(run)
 
 
 if __name__ == "__main__":

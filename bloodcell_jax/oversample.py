@@ -21,7 +21,8 @@ import numpy as np
 from bloodcell_jax.augment import augment_batch
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
 from bloodcell_jax.data.sources import load_source
-from bloodcell_jax.errors import UserInputError
+from bloodcell_jax.atomic_files import write_npz_atomic
+from bloodcell_jax.errors import UserInputError, cli_exit_status
 
 GEOMETRIC = "dihedral(1, 1) affine(1, 0.5)"
 _CHUNK = 256
@@ -57,7 +58,8 @@ def main(argv=None) -> int:
   parser.add_argument("--image_size", type=int, default=96)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
-  try:
+
+  def run():
     if not args.output.endswith(".npz"):
       raise UserInputError(f"{args.output}: the output must be an .npz file")
     if os.path.abspath(args.output) == os.path.abspath(args.data):
@@ -67,19 +69,15 @@ def main(argv=None) -> int:
     sets = load_source(args.data, args.image_size, min_classes=1)
     pool = sets.get("train", sets.get("all"))
     images, labels, source_index = oversample(pool.images, pool.labels, args.target, args.seed)
-    tmp = args.output[:-4] + f".tmp-{os.getpid()}.npz"
-    np.savez_compressed(tmp, images=images, labels=labels[:, None].astype(np.int64), source_index=source_index,
-                        augmented=np.arange(len(labels)) >= len(pool.labels))
-    os.replace(tmp, args.output)
-  except UserInputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  before = np.bincount(pool.labels, minlength=NUM_CLASSES)
-  after = np.bincount(labels, minlength=NUM_CLASSES)
-  for name, b, a in zip(CLASS_NAMES, before, after):
-    print(f"  {name:<14} {b:>6} -> {a:>6}")
-  print(f"wrote {args.output}: {len(labels)} images ({len(labels) - len(pool.labels)} added)")
-  return 0
+    write_npz_atomic(args.output, images=images, labels=labels[:, None].astype(np.int64), source_index=source_index,
+                     augmented=np.arange(len(labels)) >= len(pool.labels))
+    before = np.bincount(pool.labels, minlength=NUM_CLASSES)
+    after = np.bincount(labels, minlength=NUM_CLASSES)
+    for name, b, a in zip(CLASS_NAMES, before, after):
+      print(f"  {name:<14} {b:>6} -> {a:>6}")
+    print(f"wrote {args.output}: {len(labels)} images ({len(labels) - len(pool.labels)} added)")
+
+  return cli_exit_status(run)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from bloodcell_jax.errors import UserInputError
+from bloodcell_jax.errors import cli_exit_status
 from bloodcell_jax.pretrained import convert, save
 from bloodcell_jax.pretrained.readers import fetch_timm, read_file, sha256_of
 from bloodcell_jax.pretrained.store import DEFAULT_ROOT
@@ -56,12 +56,7 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default=DEFAULT_ROOT)
   parser.add_argument("--overwrite", action="store_true")
   args = parser.parse_args(argv)
-  try:
-    port(args.source, args.name, args.out, args.overwrite)
-  except UserInputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+  return cli_exit_status(lambda: port(args.source, args.name, args.out, args.overwrite))
 
 
 if __name__ == "__main__":
