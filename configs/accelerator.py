@@ -1,8 +1,10 @@
 """Shared settings of the ConvNeXt configs meant for a GPU or TPU (convnext_<size>.py).
 
 96x96 inputs (the data's native size; ConvNeXt is fully convolutional), bfloat16 compute with
-float32 parameters and optimiser state, Lion with balanced class weights, training from scratch
-until the porting of ImageNet weights lands.
+float32 parameters and optimiser state, Lion with balanced class weights. From scratch by default;
+to fine-tune ImageNet weights, port them once (`python -m bloodcell_jax.pretrained
+convnext_tiny.fb_in22k_ft_in1k`) and add `--config.model.init_from=convnext_tiny.fb_in22k_ft_in1k
+--config.optim.layer_decay=0.8` (and a lower learning rate, e.g. 5e-5).
 """
 
 from configs import default
