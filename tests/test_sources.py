@@ -156,7 +156,7 @@ def test_pbc96_loads_with_all_classes(pbc96_dir, tmp_path):
 @pytest.mark.parametrize("override, expected", [
     ("--config.optim.name=adam", "optim.name='adam' is not one of lion, adamw, sgd"),
     ("--config.model.variant=huge", "unknown ConvNeXt variant 'huge'"),
-    ("--config.data.augment=heavy", "data.augment='heavy'"),
+    ("--config.data.augment=heavier", "data.augment: augment policy 'heavier' is not understood"),
     ("--config.data.val_fraction=1.5", "data.val_fraction=1.5 must lie in (0, 1)"),
 ])
 def test_main_rejects_bad_config_values(tmp_path, override, expected):
