@@ -151,6 +151,8 @@ def test_mismatches_are_all_listed_at_once_and_nothing_is_written(tmp_path):
   result = run_main_port([path, "--out", str(tmp_path / "out")])
   assert result.returncode == 2 and result.stderr.startswith("error: ") and "3 mismatches" in result.stderr
   assert not os.path.exists(tmp_path / "out" / "broken")
+  missing = run_main_port([str(tmp_path / "nothing.safetensors")])
+  assert missing.returncode == 2 and "nothing.safetensors: no such file or folder" in missing.stderr
 
 
 def run_main_port(args):

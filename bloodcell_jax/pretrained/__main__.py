@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from bloodcell_jax.errors import cli_exit_status
+from bloodcell_jax.errors import UserInputError, cli_exit_status
 from bloodcell_jax.pretrained import convert, save
 from bloodcell_jax.pretrained.readers import fetch_timm, read_file, sha256_of
 from bloodcell_jax.pretrained.store import DEFAULT_ROOT
@@ -28,7 +28,12 @@ def normalisation(source_config: dict) -> tuple[list, list]:
 
 
 def port(source: str, name: str | None = None, out: str = DEFAULT_ROOT, overwrite: bool = False) -> str:
-  path = source if os.path.exists(source) else fetch_timm(source)
+  if os.path.exists(source):
+    path = source
+  elif os.sep in source or source.endswith((".safetensors", ".pth", ".pt", ".bin")):
+    raise UserInputError(f"{source}: no such file or folder")
+  else:
+    path = fetch_timm(source)
   tensors, read_path, source_config = read_file(path)
   preprocessor = os.path.join(os.path.dirname(read_path), "preprocessor_config.json")  # Hugging Face's
   if os.path.exists(preprocessor):
