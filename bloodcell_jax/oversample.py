@@ -15,17 +15,15 @@ import argparse
 import os
 import sys
 
-import jax
 import numpy as np
 
-from bloodcell_jax.augment import augment_batch
+from bloodcell_jax.atomic_files import write_npz_atomic
+from bloodcell_jax.augment import augment_uint8
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
 from bloodcell_jax.data.sources import load_source
-from bloodcell_jax.atomic_files import write_npz_atomic
 from bloodcell_jax.errors import UserInputError, cli_exit_status
 
 GEOMETRIC = "dihedral(1, 1) affine(1, 0.5)"
-_CHUNK = 256
 
 
 def oversample(images: np.ndarray, labels: np.ndarray, target: int, seed: int = 0,
@@ -38,15 +36,8 @@ def oversample(images: np.ndarray, labels: np.ndarray, target: int, seed: int = 
     if 0 < len(members) < target:
       sources.append(rng.choice(members, target - len(members)))
   source_index = np.concatenate(sources)
-  extra = source_index[len(labels):]
-  run = jax.jit(lambda key, x: augment_batch(key, x, np.zeros((x.shape[0], 1), np.float32), policy)[0])
-  made = []
-  for start in range(0, len(extra), _CHUNK):
-    chunk = images[extra[start:start + _CHUNK]]
-    padded = np.concatenate([chunk, np.zeros((_CHUNK - len(chunk),) + chunk.shape[1:], np.uint8)])
-    out = np.asarray(run(jax.random.fold_in(jax.random.PRNGKey(seed), start), padded))[:len(chunk)]
-    made.append(np.clip(np.round(out * 255), 0, 255).astype(np.uint8))
-  all_images = np.concatenate([images] + made) if made else images
+  made = augment_uint8(images[source_index[len(labels):]], policy, seed)
+  all_images = np.concatenate([images, made])
   return all_images, labels[source_index], source_index
 
 

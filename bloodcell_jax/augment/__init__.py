@@ -7,7 +7,8 @@ batch with one key per example.
 """
 
 from bloodcell_jax.augment.policies import (DEGRADATIONS, IMAGE_OPS, MIX_OPS, NAMED, Policy, augment_batch,
+                                            augment_uint8,
                                             describe, parse, to_unit_range)
 
-__all__ = ["DEGRADATIONS", "IMAGE_OPS", "MIX_OPS", "NAMED", "Policy", "augment_batch",
+__all__ = ["DEGRADATIONS", "IMAGE_OPS", "MIX_OPS", "NAMED", "Policy", "augment_batch", "augment_uint8",
            "describe", "parse", "to_unit_range"]

@@ -16,6 +16,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bloodcell_jax.augment import colour, degrade, geometric, mixing
 from bloodcell_jax.augment.sampling import FILL_MODES
@@ -170,3 +171,25 @@ def augment_batch(key: jax.Array, images: jax.Array, targets: jax.Array, policy:
     if name in MIX_OPS and p > 0:
       images, targets = MIX_OPS[name](jax.random.fold_in(mix_key, i), images, targets, p, alpha)
   return images, targets
+
+
+_OFFLINE_CHUNK = 256
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(policy: str):
+  return jax.jit(lambda key, images: augment_batch(key, images, jnp.zeros((images.shape[0], 1)), policy)[0])
+
+
+def augment_uint8(images: np.ndarray, policy: str, seed: int = 0) -> np.ndarray:
+  """`policy` applied to uint8 images off the training loop (oversampling, corrupted eval sets):
+  fixed-size chunks (one compilation), chunk at offset s keyed by fold_in(PRNGKey(seed), s), and
+  the result rounded back to uint8 as a file on disk would be."""
+  key = jax.random.PRNGKey(seed)
+  chunks = []
+  for start in range(0, len(images), _OFFLINE_CHUNK):
+    chunk = images[start:start + _OFFLINE_CHUNK]
+    padded = np.concatenate([chunk, np.zeros((_OFFLINE_CHUNK - len(chunk),) + chunk.shape[1:], np.uint8)])
+    out = np.asarray(_compiled(policy)(jax.random.fold_in(key, start), padded))[:len(chunk)]
+    chunks.append(np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8))
+  return np.concatenate(chunks) if chunks else images[:0]

@@ -3,9 +3,6 @@ normalisation, the backbone (and the head's LayerNorm) load, and the classifier 
 8-class layer unless `model.keep_head` asks for the checkpoint's own (only when it has 8 classes).
 """
 
-import json
-import os
-
 from absl import logging
 
 from bloodcell_jax.classes import NUM_CLASSES
@@ -21,8 +18,7 @@ def apply_to_config(config) -> dict | None:
   if config.model.name != "convnext":
     raise UserInputError(f"config: model.init_from holds ConvNeXt weights but model.name={config.model.name!r}")
   directory = store.resolve(source)
-  with open(os.path.join(directory, store.META_FILE)) as f:
-    meta = json.load(f)
+  meta = store.read_meta(directory)
   config.model.init_from = directory
   config.model.variant = meta["variant"] if meta["variant"] != "custom" else config.model.variant
   config.model.depths = tuple(meta["depths"])

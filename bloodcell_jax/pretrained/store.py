@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -47,15 +48,18 @@ def resolve(name_or_path: str) -> str:
                        f"`python -m bloodcell_jax.pretrained <timm name or file>`")
 
 
+def read_meta(directory: str) -> dict:
+  with open(os.path.join(directory, META_FILE)) as f:
+    return json.load(f)
+
+
 def load(name_or_path: str) -> tuple[dict, dict]:
   """(parameters as numpy arrays, metadata) of ported weights."""
   directory = resolve(name_or_path)
-  with open(os.path.join(directory, META_FILE)) as f:
-    meta = json.load(f)
+  meta = read_meta(directory)
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       params = checkpointer.restore(os.path.join(directory, "params"))
   except Exception as e:
     raise UserInputError(f"{directory}: the parameters do not load ({type(e).__name__}: {e})") from None
-  import jax
   return jax.tree.map(np.asarray, params), meta
