@@ -121,8 +121,8 @@ class RunCheckpoints:
 
 
 def set_aside(workdir: str) -> str | None:
-  """Moves a run's checkpoints and metrics into `replaced-<time>/` (for restart=True); never deletes."""
-  names = [n for n in (LAST_DIR, BEST_DIR, "metrics.jsonl") if os.path.exists(os.path.join(workdir, n))]
+  """Moves a run's checkpoints, metrics and report into `replaced-<time>/` (for restart=True); never deletes."""
+  names = [n for n in (LAST_DIR, BEST_DIR, "metrics.jsonl", "tensorboard", "run.json", "report") if os.path.exists(os.path.join(workdir, n))]
   if not names:
     return None
   target = os.path.join(workdir, "replaced-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))

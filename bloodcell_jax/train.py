@@ -2,14 +2,18 @@
 
 The run directory (workdir) receives `config.json` (the resolved config), `config_changes.jsonl`
 (what changed at each resume), `split.json` (which image went to train and validation),
-`metrics.jsonl` (one row per epoch) and the Orbax checkpoints. Re-running with the same workdir
+`metrics.jsonl` (one row per epoch), the same curves as TensorBoard events under `tensorboard/`,
+`run.json` (parameter count and the machine of each session) and the Orbax checkpoints. Re-running with the same workdir
 resumes from the newest intact checkpoint, mid-epoch included, and ends bit-identical to a run that
 was never interrupted. SIGTERM or Ctrl-C stop after the current step with a checkpoint.
 """
 
+import contextlib
 import hashlib
 import json
 import os
+import platform
+import shutil
 import time
 
 import jax
@@ -37,7 +41,10 @@ from bloodcell_jax.models.depthwise import IMPLEMENTATIONS
 from bloodcell_jax.preemption import StopRequest
 from bloodcell_jax.progress import EpochProgress
 from bloodcell_jax.steps import StepConfig, create_train_state, init_params, pmapped_steps, unreplicate
+from bloodcell_jax.tensorboard_writer import EventWriter
 
+TENSORBOARD_DIR = "tensorboard"
+TENSORBOARD_SCALARS = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
 METRICS = ("loss", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "macro_auc")
 
 
@@ -231,8 +238,10 @@ class _Run:
       save_split(os.path.join(workdir, "split.json"), resolve_path(config.data.source), self.data.how_split,
                  self.data.train, self.data.val)
     if restored is None:
-      if distributed.is_primary() and os.path.exists(self.metrics_path):
-        os.remove(self.metrics_path)
+      if distributed.is_primary():  # curves of an earlier attempt that never reached a checkpoint
+        if os.path.exists(self.metrics_path):
+          os.remove(self.metrics_path)
+        shutil.rmtree(os.path.join(workdir, TENSORBOARD_DIR), ignore_errors=True)
       return checkpoints
     self.state, progress_tree, meta = restored
     self.progress = EpochProgress.from_tree(progress_tree)
@@ -277,7 +286,8 @@ class _Run:
     self.state = None  # the replicated copy is the live one (its buffers are donated each step)
     class_weights = jax_utils.replicate(jnp.asarray(self.class_weights))
     row = {}
-    with StopRequest() as stop:
+    events = EventWriter(os.path.join(self.workdir, TENSORBOARD_DIR)) if distributed.is_primary() else None
+    with StopRequest() as stop, events or contextlib.nullcontext():
       while self.progress.epoch < num_epochs:
         epoch, start = self.progress.epoch, time.time()
         batches = pipeline.to_devices(pipeline.train_batches(
@@ -310,6 +320,7 @@ class _Run:
         if distributed.is_primary():
           with open(self.metrics_path, "a") as f:
             f.write(json.dumps(_finite_or_null(row)) + "\n")
+          events.write_scalars(epoch + 1, tensorboard_scalars(row))
         logging.info("epoch %d/%d  train %s | val %s  (%.1fs)", epoch + 1, num_epochs, _summary(train_metrics),
                      _summary(val_metrics), row["time_s"])
 
@@ -335,6 +346,45 @@ class _Run:
     return done % 10 == 0 and distributed.any_process(stop.requested is not None)
 
 
+def tensorboard_scalars(row: dict) -> dict[str, float]:
+  """An epoch row of metrics.jsonl as TensorBoard tags (`loss/train`, `loss/val`, ...), finite values only.
+
+  Train and validation share a chart per metric; the x axis is the epoch.
+  """
+  scalars = {"optim/learning_rate": row["learning_rate"], "time/epoch_s": row["time_s"]}
+  for split in ("train", "val"):
+    for key in TENSORBOARD_SCALARS:
+      value = row[split].get(key)
+      if value is not None and np.isfinite(value):
+        scalars[f"{key}/{split}"] = value
+  return scalars
+
+
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+  except OSError:
+    names = []
+  return names[0] if names else (platform.processor() or platform.machine())
+
+
+def record_run_info(workdir: str, num_params: int) -> None:
+  """Appends this session's machine to run.json: what trained the model, for comparison tables."""
+  path = os.path.join(workdir, "run.json")
+  info = {"num_params": num_params, "sessions": []}
+  if os.path.exists(path):
+    with open(path) as f:
+      info["sessions"] = json.load(f).get("sessions", [])
+  device = jax.local_devices()[0]
+  info["sessions"].append({
+      "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "platform": device.platform,
+      "device_kind": device.device_kind, "local_devices": jax.local_device_count(),
+      "processes": jax.process_count(), "host_cpu": _cpu_model(),
+      "cpu_count": os.cpu_count(), "jax_version": jax.__version__})
+  write_json_atomic(path, info)
+
+
 def params_digest(params) -> str:
   """A short fingerprint of the parameters, to compare runs and processes at a glance."""
   digest = hashlib.sha256()
@@ -355,9 +405,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   counts = np.bincount(run.data.train.labels, minlength=NUM_CLASSES)
   logging.info("class counts %s, weights %s", dict(zip(CLASS_NAMES, counts.tolist())),
                dict(zip(CLASS_NAMES, np.round(run.class_weights, 3).tolist())))
-  logging.info("model %s: %.2fM parameters", config.model.name,
-               sum(x.size for x in jax.tree.leaves(run.state.params)) / 1e6)
+  num_params = sum(x.size for x in jax.tree.leaves(run.state.params))
+  logging.info("model %s: %.2fM parameters", config.model.name, num_params / 1e6)
   checkpoints = run.open_checkpoints()
+  if distributed.is_primary():
+    record_run_info(workdir, num_params)
   try:
     return run.fit(checkpoints)
   finally:
