@@ -3,7 +3,8 @@
   python main.py --config configs/quickstart.py
   python main.py --config configs/cpu_small.py --config.optim.learning_rate=3e-4
   python main.py --mode=eval --workdir checkpoints/quickstart --data path/to/labelled_data
-  python main.py --mode=predict --workdir checkpoints/quickstart --data path/to/images
+  python main.py --mode=predict --workdir checkpoints/quickstart --data path/to/images --top_k=3
+  python main.py --mode=export --workdir checkpoints/quickstart
 
 Bad input (data, config values, paths) is reported as one line and exit status 2.
 """
@@ -17,18 +18,23 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bloodcell_jax import benchmark, distributed, inference, preview, train
+from bloodcell_jax import benchmark, distributed, export, inference, preview, train
 from bloodcell_jax.errors import TrainingDiverged, UserInputError
 
-MODES = ("train", "eval", "predict", "benchmark", "preview")
+MODES = ("train", "eval", "predict", "export", "benchmark", "preview")
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); fields overridable as --config.x.y=v.")
 flags.DEFINE_string("workdir", None, "Run directory. Default: checkpoints/<config file name>.")
 flags.DEFINE_enum("mode", "train", MODES, "What to do.")
-flags.DEFINE_string("data", None, "eval/predict: data to run on (default for eval: the run's validation split).")
+flags.DEFINE_string("data", None, "eval/predict: data to run on: a class folder, an npz, a folder of images or "
+                    "image files separated by commas (default for eval: the run's validation split).")
 flags.DEFINE_string("output", None, "predict: CSV path (default: <workdir>/predictions.csv); "
+                    "export: directory (default: <workdir>/export); "
                     "preview: PNG path (default: <workdir>/augment_preview.png).")
-flags.DEFINE_enum("checkpoint", "best", ("best", "last"), "eval/predict: which checkpoint of the run.")
+flags.DEFINE_enum("checkpoint", "best", ("best", "last"), "eval/predict/export: which checkpoint of the run.")
+flags.DEFINE_string("tta", None, "eval/predict/export: test-time augmentation, one of none, hflip, flips, rot90, "
+                    "dihedral (default: the run's eval.tta).")
+flags.DEFINE_integer("top_k", 1, "predict: also write the k most likely classes with their probabilities.")
 flags.DEFINE_list("bench_batch_sizes", None, "benchmark: global batch sizes (default: the config's).")
 flags.DEFINE_list("bench_dtypes", None, "benchmark: compute dtypes, e.g. float32,bfloat16 (default: the config's).")
 flags.DEFINE_integer("bench_steps", 10, "benchmark: steps per timed repeat.")
@@ -78,16 +84,18 @@ def run(argv) -> None:
       who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
       print(f"{who}finished epoch {row['epoch'] + 1}; run directory {workdir}; "
             f"final parameters sha256 {row['params_sha256']}", flush=True)
+      if train.eval_settings(FLAGS.config)["report"]:
+        inference.run_eval(workdir, None, "best")
     return
   if not FLAGS.workdir:
     raise UserInputError(f"--mode={FLAGS.mode} needs --workdir (the run directory of a trained model)")
   workdir = os.path.abspath(FLAGS.workdir)
   if FLAGS.mode == "eval":
-    inference.run_eval(workdir, FLAGS.data, FLAGS.checkpoint)
-    if FLAGS.corruptions:
-      inference.run_robustness(workdir, FLAGS.data, FLAGS.corruptions, FLAGS.severity, FLAGS.checkpoint)
+    inference.run_eval(workdir, FLAGS.data, FLAGS.checkpoint, FLAGS.tta, FLAGS.corruptions, FLAGS.severity)
+  elif FLAGS.mode == "export":
+    export.run_export(workdir, FLAGS.output or os.path.join(workdir, "export"), FLAGS.checkpoint, FLAGS.tta)
   else:
-    inference.run_predict(workdir, FLAGS.data, FLAGS.output, FLAGS.checkpoint)
+    inference.run_predict(workdir, FLAGS.data, FLAGS.output, FLAGS.checkpoint, FLAGS.tta, FLAGS.top_k)
 
 
 class _QuietLibraries(std_logging.Filter):

@@ -13,8 +13,19 @@ def write_text_atomic(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+def finite_or_null(obj):
+  """NaN/inf (an AUC with one class present) become null, so files are strict JSON."""
+  if isinstance(obj, dict):
+    return {k: finite_or_null(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [finite_or_null(v) for v in obj]
+  if isinstance(obj, float) and not np.isfinite(obj):
+    return None
+  return obj
+
+
 def write_json_atomic(path: str, obj, indent: int | None = 2) -> None:
-  write_text_atomic(path, json.dumps(obj, indent=indent))
+  write_text_atomic(path, json.dumps(finite_or_null(obj), indent=indent, allow_nan=False))
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:

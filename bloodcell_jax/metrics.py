@@ -3,7 +3,7 @@
 Macro averages run over the classes that occur in the labels, so a validation split without
 some class is not penalised for it; a class never predicted has precision 0 (sklearn's
 zero_division=0). AUC is one-vs-rest per class via the Mann-Whitney statistic with tied scores
-counted as half.
+counted as half. Calibration uses the top-class confidence in equal-width bins (Guo et al. 2017).
 """
 
 import numpy as np
@@ -34,8 +34,7 @@ def binary_auc(is_positive: np.ndarray, scores: np.ndarray) -> float:
   return float((ranks[is_positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
-  """accuracy, balanced_accuracy, macro precision/recall/f1, macro OvR AUC, per-class recall."""
+def _per_class(labels: np.ndarray, probs: np.ndarray):
   num_classes = probs.shape[-1]
   predictions = probs.argmax(-1)
   matrix = confusion_matrix(labels, predictions, num_classes)
@@ -47,15 +46,64 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
   precision = np.divide(tp, predicted, out=np.zeros(num_classes), where=predicted > 0)
   f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(num_classes),
                  where=(precision + recall) > 0)
-  aucs = [binary_auc(labels == c, probs[:, c]) for c in range(num_classes)]
-  valid_aucs = [a for a in aucs if not np.isnan(a)]
-  names = CLASS_NAMES if num_classes == len(CLASS_NAMES) else [str(c) for c in range(num_classes)]
+  aucs = np.array([binary_auc(labels == c, probs[:, c]) for c in range(num_classes)])
+  return matrix, support, tp, precision, recall, f1, aucs
+
+
+def _class_names(num_classes: int) -> list[str]:
+  return list(CLASS_NAMES) if num_classes == len(CLASS_NAMES) else [str(c) for c in range(num_classes)]
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
+  """accuracy, balanced_accuracy, macro precision/recall/f1, macro OvR AUC, per-class recall."""
+  num_classes = probs.shape[-1]
+  _, support, tp, precision, recall, f1, aucs = _per_class(labels, probs)
+  present = support > 0
+  valid_aucs = aucs[~np.isnan(aucs)]
+  names = _class_names(num_classes)
   return {
       "accuracy": float(tp.sum() / max(len(labels), 1)),
       "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
       "macro_precision": float(precision[present].mean()) if present.any() else 0.0,
       "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
       "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-      "macro_auc": float(np.mean(valid_aucs)) if valid_aucs else float("nan"),
+      "macro_auc": float(np.mean(valid_aucs)) if len(valid_aucs) else float("nan"),
       "per_class_recall": {names[c]: float(recall[c]) for c in range(num_classes) if present[c]},
   }
+
+
+def reliability_bins(labels: np.ndarray, probs: np.ndarray, num_bins: int = 15) -> dict:
+  """Per confidence bin (equal width on [0, 1]): example count, mean confidence, accuracy (NaN if empty)."""
+  confidence = probs.max(-1)
+  correct = probs.argmax(-1) == labels
+  index = np.clip(np.ceil(confidence * num_bins).astype(int) - 1, 0, num_bins - 1)  # bins (lo, hi]
+  count = np.bincount(index, minlength=num_bins)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    mean_confidence = np.bincount(index, confidence, num_bins) / count
+    accuracy = np.bincount(index, correct.astype(np.float64), num_bins) / count
+  return {"edges": np.linspace(0.0, 1.0, num_bins + 1), "count": count, "confidence": mean_confidence,
+          "accuracy": accuracy}
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, num_bins: int = 15) -> float:
+  """Sum over bins of (share of examples) x |accuracy - mean confidence|."""
+  bins = reliability_bins(labels, probs, num_bins)
+  filled = bins["count"] > 0
+  gaps = np.abs(bins["accuracy"][filled] - bins["confidence"][filled])
+  return float((bins["count"][filled] * gaps).sum() / max(len(labels), 1))
+
+
+def detailed_metrics(labels: np.ndarray, probs: np.ndarray, num_bins: int = 15) -> dict:
+  """`classification_metrics` plus per-class precision/recall/F1/AUC/support, ECE and the confusion
+  matrix (rows true, columns predicted): what an evaluation report shows."""
+  num_classes = probs.shape[-1]
+  matrix, support, _, precision, recall, f1, aucs = _per_class(labels, probs)
+  result = classification_metrics(labels, probs)
+  result["expected_calibration_error"] = expected_calibration_error(labels, probs, num_bins)
+  result["per_class"] = {
+      name: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
+             "auc": None if np.isnan(aucs[c]) else float(aucs[c]), "support": int(support[c])}
+      for c, name in enumerate(_class_names(num_classes))}
+  result["confusion_matrix"] = matrix.tolist()
+  result["class_names"] = _class_names(num_classes)
+  return result

@@ -16,6 +16,7 @@ import optax
 from flax import linen as nn
 from flax import struct
 
+from bloodcell_jax import tta
 from bloodcell_jax.augment import augment_batch, to_unit_range
 from bloodcell_jax.losses import l2_penalty, weighted_cross_entropy_terms
 from bloodcell_jax.optim import decay_mask
@@ -69,6 +70,7 @@ class StepConfig:
   augment: str = struct.field(pytree_node=False, default="none")
   fill_mode: str = struct.field(pytree_node=False, default="reflect")
   skip_nonfinite: bool = struct.field(pytree_node=False, default=False)
+  tta: str = struct.field(pytree_node=False, default="none")  # test-time views in eval (see tta.VIEWS)
 
 
 def train_step(state: TrainState, batch: dict, class_weights: jax.Array, *, model: nn.Module,
@@ -115,9 +117,14 @@ def train_step(state: TrainState, batch: dict, class_weights: jax.Array, *, mode
 
 
 def eval_step(params, batch: dict, class_weights: jax.Array, *, model: nn.Module, cfg: StepConfig):
-  """Probabilities and the masked, weighted loss sums of one eval batch; no augmentation, no dropout."""
+  """The masked, weighted loss sums of one eval batch, its probabilities and, with `cfg.tta`, the
+  probabilities averaged over the test-time views (else None); no augmentation, no dropout.
+
+  The loss is that of the plain images, so it does not depend on the test-time views.
+  """
   images = normalize(batch["image"], cfg.mean, cfg.std)
-  logits = model.apply({"params": params}, images, train=False)
+  logits, probs, tta_probs = tta.probabilities(lambda x: model.apply({"params": params}, x, train=False),
+                                               images, cfg.tta)
   targets = jax.nn.one_hot(batch["label"], cfg.num_classes)
   weighted_ce, weights = weighted_cross_entropy_terms(logits, targets, class_weights, cfg.label_smoothing)
   mask = batch["mask"]
@@ -125,7 +132,7 @@ def eval_step(params, batch: dict, class_weights: jax.Array, *, model: nn.Module
       "loss_sum": jax.lax.psum((weighted_ce * mask).sum(), AXIS),
       "weight_sum": jax.lax.psum((weights * mask).sum(), AXIS),
   }
-  return metrics, jax.nn.softmax(logits)
+  return metrics, probs, None if cfg.tta == "none" else tta_probs
 
 
 def pmapped_steps(model: nn.Module, tx: optax.GradientTransformation, cfg: StepConfig) -> tuple[Callable, Callable]:

@@ -25,8 +25,8 @@ from flax import jax_utils
 from tqdm import tqdm
 
 from bloodcell_jax import checkpointing, distributed, optim
-from bloodcell_jax.atomic_files import write_json_atomic, write_text_atomic
-from bloodcell_jax import augment, pretrained
+from bloodcell_jax.atomic_files import finite_or_null, write_json_atomic, write_text_atomic
+from bloodcell_jax import augment, pretrained, tta
 from bloodcell_jax.augment.sampling import FILL_MODES
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
 from bloodcell_jax.data import pipeline
@@ -70,6 +70,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if value not in allowed:
       raise UserInputError(f"config: {field}={value!r} is not one of {', '.join(allowed)}")
   try:
+    tta.check(eval_settings(config)["tta"])
+  except ValueError as e:
+    raise UserInputError(f"config: eval.tta: {e}") from None
+  try:
     augment.parse(config.data.augment)
   except ValueError as e:
     raise UserInputError(f"config: data.augment: {e}") from None
@@ -87,6 +91,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     create_model(config.model, NUM_CLASSES)
   except ValueError as e:
     raise UserInputError(f"config: {e}") from None
+
+
+def eval_settings(config: ml_collections.ConfigDict) -> dict:
+  """The config's `eval` section, with the defaults for runs recorded before it existed."""
+  section = config.get("eval") or {}
+  return {"tta": section.get("tta", "none"), "report": section.get("report", False)}
 
 
 def step_config(config: ml_collections.ConfigDict) -> StepConfig:
@@ -132,8 +142,9 @@ def record_config(workdir: str, config: ml_collections.ConfigDict, resuming: boo
 
 
 def evaluate(p_eval, params, data: ImageSet, class_weights, global_batch: int, num_devices: int,
-             desc: str = "eval") -> tuple[dict, np.ndarray]:
-  """Metrics and probabilities over every example of `data` (replicated `params`)."""
+             desc: str = "eval") -> tuple[dict, np.ndarray, np.ndarray | None]:
+  """Metrics and probabilities over every example of `data` (replicated `params`), and the
+  test-time-augmented probabilities where the eval step computes them (else None)."""
   outputs = []
   batches = pipeline.to_devices(pipeline.eval_batches(data, global_batch, num_devices, jax.process_index(),
                                                       jax.process_count()))
@@ -141,25 +152,19 @@ def evaluate(p_eval, params, data: ImageSet, class_weights, global_batch: int, n
   for batch in tqdm(batches, total=total, desc=desc, leave=False, disable=None):
     outputs.append(p_eval(params, batch, class_weights))
   outputs = jax.device_get(outputs)
-  probs = np.concatenate([distributed.gather_examples(p) for _, p in outputs])[:len(data)]
+  probs = np.concatenate([distributed.gather_examples(p) for _, p, _ in outputs])[:len(data)]
+  tta_probs = None
+  if outputs and outputs[0][2] is not None:
+    tta_probs = np.concatenate([distributed.gather_examples(t) for _, _, t in outputs])[:len(data)]
   result = classification_metrics(data.labels, probs) if (data.labels >= 0).all() else {}
-  loss_sum = sum(float(m["loss_sum"][0]) for m, _ in outputs)
-  result["loss"] = loss_sum / max(sum(float(m["weight_sum"][0]) for m, _ in outputs), 1e-12)
-  return result, probs
+  loss_sum = sum(float(m["loss_sum"][0]) for m, _, _ in outputs)
+  result["loss"] = loss_sum / max(sum(float(m["weight_sum"][0]) for m, _, _ in outputs), 1e-12)
+  return result, probs, tta_probs
 
 
 def _summary(metrics: dict) -> str:
   keys = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
   return " ".join(f"{k.replace('balanced_accuracy', 'bal_acc')} {metrics[k]:.4f}" for k in keys if k in metrics)
-
-
-def _finite_or_null(obj):
-  """NaN/inf (an AUC with one class present) become null, so metrics.jsonl is strict JSON."""
-  if isinstance(obj, dict):
-    return {k: _finite_or_null(v) for k, v in obj.items()}
-  if isinstance(obj, float) and not np.isfinite(obj):
-    return None
-  return obj
 
 
 def _keep_metric_rows_before(path: str, epoch: int) -> None:
@@ -312,14 +317,14 @@ class _Run:
               return row
         self._absorb(pending)
         train_metrics = self.progress.metrics()
-        val_metrics, _ = evaluate(p_eval, replicated.params, self.data.val, class_weights, self.global_batch,
+        val_metrics, _, _ = evaluate(p_eval, replicated.params, self.data.val, class_weights, self.global_batch,
                                   self.num_devices)
         step = int(jax.device_get(replicated.step[0]))
         row = {"epoch": epoch, "step": step, "learning_rate": float(self.schedule(step)),
                "time_s": round(time.time() - start, 2), "train": train_metrics, "val": val_metrics}
         if distributed.is_primary():
           with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(_finite_or_null(row)) + "\n")
+            f.write(json.dumps(finite_or_null(row), allow_nan=False) + "\n")
           events.write_scalars(epoch + 1, tensorboard_scalars(row))
         logging.info("epoch %d/%d  train %s | val %s  (%.1fs)", epoch + 1, num_epochs, _summary(train_metrics),
                      _summary(val_metrics), row["time_s"])

@@ -74,4 +74,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.keep = 2  # most recent checkpoints kept (the best is kept apart)
   config.checkpoint.every_steps = 0  # also save every N steps (0: at epoch ends only)
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.tta = "dihedral"  # test-time views (none, hflip, flips, rot90, dihedral) for eval, predict, export
+  config.eval.report = True  # at the end of training, write report/validation/ for the best checkpoint
   return config

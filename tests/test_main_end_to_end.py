@@ -1,13 +1,15 @@
-"""main.py as a user runs it: train on the bundled sample over 2 devices, resume, eval, predict."""
+"""main.py as a user runs it: train on the bundled sample over 2 devices, resume, eval, predict, export."""
 
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 
 from bloodcell_jax.classes import CLASS_NAMES
-from conftest import run_main
+from conftest import ROOT, run_main
 
 TINY = ["--config", "configs/quickstart.py", "--config.data.image_size=32", "--config.model.depths=(1,1,1,1)",
         "--config.model.dims=(8,16,24,32)", "--config.train.batch_size=32"]
@@ -48,31 +50,64 @@ def test_train_resume_eval_predict(tmp_path):
   other = run_main(TINY[:3] + ["--config.model.name=cnn", f"--workdir={workdir}"], devices=1)
   assert other.returncode == 2 and "another model" in other.stderr
 
+  # The end-of-training report (validation split, best checkpoint) and the TensorBoard curves.
+  report_dir = os.path.join(workdir, "report", "validation")
+  for name in ("metrics.json", "report.md", "training_curves.png", "confusion_matrix.png", "reliability.png",
+               "misclassified.png"):
+    assert os.path.exists(os.path.join(report_dir, name)), name
+  assert len(os.listdir(os.path.join(workdir, "tensorboard"))) == 2  # one event file per session
+  with open(os.path.join(workdir, "run.json")) as f:
+    info = json.load(f)
+  assert [s["local_devices"] for s in info["sessions"]] == [2, 1] and info["num_params"] > 0
+
   relative = os.path.relpath(workdir, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  evaluated = run_main(["--mode=eval", f"--workdir={relative}", "--corruptions=jpeg,mixed", "--severity=0.5"],
-                       devices=2)  # relative to the repo root
+  evaluated = run_main(["--mode=eval", f"--workdir={relative}", "--corruptions=jpeg,mixed", "--severity=0.5",
+                        "--tta=flips"], devices=2)  # relative to the repo root
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  with open(os.path.join(workdir, "eval", "validation_robustness.json")) as f:
-    robustness = json.load(f)
-  assert set(robustness["results"]) == {"clean", "jpeg", "mixed"} and robustness["severity"] == 0.5
-  with open(os.path.join(workdir, "eval", "validation.json")) as f:
-    assert robustness["results"]["clean"]["accuracy"] == json.load(f)["accuracy"]
-  with open(os.path.join(workdir, "eval", "validation.json")) as f:
+  with open(os.path.join(report_dir, "metrics.json")) as f:
     result = json.load(f)
-  assert result["num_images"] == 64
+  robustness = result["robustness"]
+  assert set(robustness["results"]) == {"clean", "jpeg", "mixed"} and robustness["severity"] == 0.5
+  assert robustness["results"]["clean"]["accuracy"] == result["accuracy"]
+  assert result["num_images"] == 64 and result["tta"]["views"] == "flips" and result["tta"]["num_views"] == 4
   assert np.array(result["confusion_matrix"]).sum() == 64
-  assert "confusion matrix" in evaluated.stdout
+  assert sum(row["support"] for row in result["per_class"].values()) == 64
+  assert "confusion matrix" in evaluated.stdout and "with flips TTA" in evaluated.stdout
 
   out = str(tmp_path / "pred.csv")
-  predicted = run_main(["--mode=predict", f"--workdir={workdir}", "--data=sample", f"--output={out}"])
+  predicted = run_main(["--mode=predict", f"--workdir={workdir}", "--data=sample", f"--output={out}",
+                        "--top_k=3", "--tta=dihedral"])
   assert predicted.returncode == 0, predicted.stderr[-3000:]
   with open(out) as f:
     rows = list(csv.reader(f))
-  assert rows[0] == ["id", "predicted"] + [f"p_{c}" for c in CLASS_NAMES]
+  assert rows[0] == ["id", "predicted", "confidence", "top2", "p_top2", "top3", "p_top3"] + [
+      f"p_{c}" for c in CLASS_NAMES]
   assert len(rows) == 321
-  probs = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+  probs = np.array([[float(v) for v in r[7:]] for r in rows[1:]])
   np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
-  assert all(r[1] == CLASS_NAMES[int(np.argmax(p))] for r, p in zip(rows[1:], probs))
+  for row, p in zip(rows[1:], probs):
+    ranked = np.argsort(-p, kind="stable")
+    assert [row[1], row[3], row[5]] == [CLASS_NAMES[i] for i in ranked[:3]]
+    assert float(row[2]) >= float(row[4]) >= float(row[6])
+
+  # The exported model, loaded without the training code in a fresh process, gives the same probabilities.
+  exported = run_main(["--mode=export", f"--workdir={workdir}", "--tta=dihedral"])
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  files = [os.path.join("bloodcell_jax", "sample_data", "pbc96_sample", i) for i in rows[1][0:1] + rows[2][0:1]]
+  loader = subprocess.run([sys.executable, os.path.join(workdir, "export", "load_model.py")] + files,
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=""))
+  assert loader.returncode == 0, loader.stderr[-3000:]
+  lines = list(csv.reader(loader.stdout.splitlines()))
+  exported_probs = np.array([[float(v) for v in line[2:]] for line in lines[1:]])
+  np.testing.assert_allclose(exported_probs, probs[:2], atol=2e-6)
+
+  table = subprocess.run([sys.executable, "-m", "bloodcell_jax.compare", workdir, f"--output={tmp_path / 'cmp'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert table.returncode == 0, table.stderr[-3000:]
+  with open(tmp_path / "cmp.csv") as f:
+    (compared,) = list(csv.DictReader(f))
+  assert compared["epochs"] == "3" and compared["val accuracy"] == f"{result['accuracy']:.4f}"
 
 
 def test_eval_without_a_run_is_a_clear_error(tmp_path):

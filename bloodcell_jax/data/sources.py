@@ -49,9 +49,13 @@ def load_source(source: str, image_size: int, min_classes: int = 0,
   with `images` but no `labels` are accepted; their labels are -1.
   """
   path = resolve_path(source)
+  if allow_unlabelled and "," in source and not os.path.exists(path):
+    return {"all": _load_files([resolve_path(p) for p in source.split(",") if p], image_size)}
   if not os.path.exists(path):
     raise UserInputError(f"{path}: no such file or folder")
-  if os.path.isdir(path):
+  if allow_unlabelled and os.path.isfile(path) and _is_image_file(path):
+    sets = {"all": _load_files([path], image_size)}
+  elif os.path.isdir(path):
     sets = {"all": _load_folder(path, image_size, allow_unlabelled)}
   else:
     sets = _load_npz(path, image_size, allow_unlabelled)
@@ -187,18 +191,31 @@ def _load_folder(path: str, image_size: int, allow_unlabelled: bool) -> ImageSet
           labels.append(label)
   if not files:
     raise UserInputError(f"{path}: empty folder: no class sub-folders with {'/'.join(IMAGE_EXTENSIONS)} images")
-
-  def read(file):
-    try:
-      with Image.open(file) as pil:
-        pil = pil.convert("RGB")
-        if pil.size != (image_size, image_size):
-          pil = pil.resize((image_size, image_size), Image.BICUBIC)
-        return np.asarray(pil, dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-      raise UserInputError(f"{file}: unreadable image file ({e})") from None
-
-  with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-    images = np.stack(list(pool.map(read, files)))
   ids = np.array([os.path.relpath(f, path) for f in files])
-  return ImageSet(images, np.array(labels, np.int32), ids)
+  return ImageSet(_read_images(files, image_size), np.array(labels, np.int32), ids)
+
+
+def _read_image(file: str, image_size: int) -> np.ndarray:
+  try:
+    with Image.open(file) as pil:
+      pil = pil.convert("RGB")
+      if pil.size != (image_size, image_size):
+        pil = pil.resize((image_size, image_size), Image.BICUBIC)
+      return np.asarray(pil, dtype=np.uint8)
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise UserInputError(f"{file}: unreadable image file ({e})") from None
+
+
+def _read_images(files: list[str], image_size: int) -> np.ndarray:
+  with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    return np.stack(list(pool.map(lambda file: _read_image(file, image_size), files)))
+
+
+def _load_files(files: list[str], image_size: int) -> ImageSet:
+  """Unlabelled single image files (for prediction); ids are the paths as given."""
+  for file in files:
+    if not os.path.isfile(file):
+      raise UserInputError(f"{file}: no such image file")
+    if not _is_image_file(file):
+      raise UserInputError(f"{file}: not an image file (expected {'/'.join(IMAGE_EXTENSIONS)})")
+  return ImageSet(_read_images(files, image_size), np.full(len(files), -1, np.int32), np.array(files))
