@@ -83,6 +83,24 @@ def _error(fn):
   return message
 
 
+def test_single_image_files_for_prediction(tmp_path):
+  paths = []
+  for i, size in enumerate((96, 40)):
+    path = str(tmp_path / f"cell{i}.png")
+    Image.fromarray(np.full((size, size, 3), 60 * (i + 1), np.uint8)).save(path)
+    paths.append(path)
+  one = load_eval_set(paths[0], 64)
+  assert one.images.shape == (1, 64, 64, 3) and one.labels.tolist() == [-1] and one.ids.tolist() == [paths[0]]
+  both = load_eval_set(",".join(paths), 64)
+  assert both.images.shape == (2, 64, 64, 3) and both.ids.tolist() == paths
+  assert both.images[1].min() == both.images[1].max() == 120  # resized, colour kept
+  with pytest.raises(UserInputError, match="missing.png: no such image file"):
+    load_eval_set(f"{paths[0]},{tmp_path / 'missing.png'}", 64)
+  (tmp_path / "notes.txt").write_text("x")
+  with pytest.raises(UserInputError, match="notes.txt: not an image file"):
+    load_eval_set(f"{paths[0]},{tmp_path / 'notes.txt'}", 64)
+
+
 @pytest.mark.parametrize("arrays, expected", [
     ({"pictures": _images(2)}, "missing keys"),
     ({"images": _images(2)}, "missing key 'labels'"),
