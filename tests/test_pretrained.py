@@ -1,5 +1,5 @@
 """Porting ConvNeXt weights: logit parity with reference implementations this project did not write
-(Hugging Face transformers, and timm where it imports), block by block; every key accounted for;
+(Hugging Face transformers and timm), block by block; every key accounted for;
 the command writes all or nothing; fine-tuning starts from the weights and round-trips exactly."""
 
 import json
@@ -14,6 +14,7 @@ from bloodcell_jax.models.convnext import VARIANTS, ConvNeXt
 from bloodcell_jax.pretrained import PortError, convert, load
 from bloodcell_jax.pretrained.__main__ import port
 from conftest import run_main
+from timm_reference import import_timm
 
 torch = pytest.importorskip("torch", reason="PyTorch not installed (pip install -r requirements-dev.txt)")
 transformers = pytest.importorskip("transformers", reason="transformers not installed (requirements-dev.txt)")
@@ -87,10 +88,7 @@ def test_tiny_matches_block_by_block():
 
 
 def test_logits_equal_timm_convnext():
-  try:
-    import timm
-  except Exception as e:  # on some machines timm's torchvision import fails ("torchvision::nms does not exist")
-    pytest.skip(f"timm does not import here ({type(e).__name__}: {e}); see README, Pretrained weights")
+  timm = import_timm()
   for variant in ("atto", "tiny"):
     reference = _randomise(timm.create_model(f"convnext_{variant}", pretrained=False))
     converted = convert(_state_dict(reference), variant)

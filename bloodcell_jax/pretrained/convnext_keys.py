@@ -82,6 +82,8 @@ def target_of(scheme: str, key: str) -> str | None:
 def to_flax_layout(path: str, tensor: np.ndarray) -> np.ndarray:
   """PyTorch layout to Flax layout for the leaf at `path`."""
   if path.endswith("/kernel"):
+    if "/mlp_fc" in path and tensor.ndim == 4:  # timm's conv_mlp=True (atto ... nano): a 1x1 conv is a linear
+      return tensor[:, :, 0, 0].T
     if tensor.ndim == 4:  # conv (O, I, kh, kw) -> (kh, kw, I, O); depthwise (C, 1, k, k) -> (k, k, 1, C)
       return np.transpose(tensor, (2, 3, 1, 0))
     if tensor.ndim == 2:  # linear (O, I) -> (I, O)
