@@ -24,7 +24,7 @@ from bloodcell_jax.data import pipeline
 from bloodcell_jax.data.sources import ImageSet
 from bloodcell_jax.errors import UserInputError
 from bloodcell_jax.models import create_model
-from bloodcell_jax.steps import create_train_state, init_params, pmapped_steps
+from bloodcell_jax.steps import create_train_state, init_variables, pmapped_steps, split_variables, variables_of
 from bloodcell_jax.train import check_batch_size, step_config
 
 # Dense peak FLOP/s per chip by compute dtype, from the vendors' data sheets (no sparsity).
@@ -121,9 +121,9 @@ def benchmark_one(config: ml_collections.ConfigDict, global_batch: int, dtype: s
   check_batch_size(global_batch, num_devices)
   size = config.data.image_size
   model = create_model(config.model, NUM_CLASSES)
-  params = init_params(model, size, config.seed)
+  params, model_state = split_variables(init_variables(model, size, config.seed))
   tx = optim.create_optimizer(config.optim, params, optim.learning_rate_schedule(config.optim, 100, 1))
-  state = jax_utils.replicate(create_train_state(params, tx, config.seed))
+  state = jax_utils.replicate(create_train_state(params, tx, config.seed, model_state))
   weights = jax_utils.replicate(jnp.ones(NUM_CLASSES))
   batch = next(jax_utils.prefetch_to_device(iter([_synthetic_batch(global_batch, size, num_devices)]), 1))
   train_batch = {k: batch[k] for k in ("image", "label")}
@@ -153,8 +153,8 @@ def benchmark_one(config: ml_collections.ConfigDict, global_batch: int, dtype: s
     state = holder["state"]
 
   start = time.perf_counter()
-  compiled_eval = p_eval.lower(state.params, batch, weights).compile()
-  eval_entry = _summary(_time_steps(lambda: compiled_eval(state.params, batch, weights), steps, repeats, warmup),
+  compiled_eval = p_eval.lower(variables_of(state), batch, weights).compile()
+  eval_entry = _summary(_time_steps(lambda: compiled_eval(variables_of(state), batch, weights), steps, repeats, warmup),
                         global_batch, num_devices)
   eval_entry["compile_s"] = time.perf_counter() - start
   result["eval"] = eval_entry

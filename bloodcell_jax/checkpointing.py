@@ -150,6 +150,13 @@ def find_checkpoint(workdir: str, which: str = "best") -> tuple[str, int]:
 
 def restore_params(workdir: str, which: str = "best") -> tuple[Any, int]:
   """The parameters (host arrays, so any device count or a CPU-only machine works) and the step."""
+  variables, step = restore_variables(workdir, which)
+  return variables["params"], step
+
+
+def restore_variables(workdir: str, which: str = "best") -> tuple[dict, int]:
+  """What `model.apply` needs ({"params": ..., plus BatchNorm's "batch_stats" where the model has
+  them}) as host arrays, and the step."""
   directory, step = find_checkpoint(workdir, which)
   path = os.path.abspath(os.path.join(directory, str(step), "state"))  # Orbax reads metadata by absolute path
   checkpointer = ocp.PyTreeCheckpointer()
@@ -157,4 +164,4 @@ def restore_params(workdir: str, which: str = "best") -> tuple[Any, int]:
   as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
                           checkpointer.metadata(path).item_metadata.tree)
   state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-  return state["params"], step
+  return {"params": state["params"], **state.get("model_state", {})}, step

@@ -32,18 +32,19 @@ def probability_function(model, treedef, mean, std, tta_name: str):
   """(list of weight arrays, uint8 images) -> probabilities, as `--mode=eval` computes them."""
 
   def probabilities(weights: list, images: jax.Array) -> jax.Array:
-    params = jax.tree.unflatten(treedef, weights)
+    variables = jax.tree.unflatten(treedef, weights)
     x = normalize(images, mean, std)
-    _, _, averaged = tta.probabilities(lambda v: model.apply({"params": params}, v, train=False), x, tta_name)
+    _, _, averaged = tta.probabilities(lambda v: model.apply(variables, v, train=False), x, tta_name)
     return averaged.astype(jnp.float32)
 
   return probabilities
 
 
-def export_checkpoint(config, params, tta_name: str, platforms=PLATFORMS) -> tuple[bytes, list[np.ndarray]]:
-  """The serialized function (batch dimension symbolic) and its weight arrays in argument order."""
+def export_checkpoint(config, variables, tta_name: str, platforms=PLATFORMS) -> tuple[bytes, list[np.ndarray]]:
+  """The serialized function (batch dimension symbolic) and its weight arrays in argument order;
+  `variables` as `model.apply` takes them ({"params": ..., "batch_stats": ...})."""
   model = create_model(config.model, NUM_CLASSES)
-  weights, treedef = jax.tree.flatten(params)
+  weights, treedef = jax.tree.flatten(variables)
   weights = [np.asarray(w) for w in weights]
   function = probability_function(model, treedef, tuple(config.data.mean), tuple(config.data.std), tta_name)
   size = config.data.image_size
@@ -54,12 +55,12 @@ def export_checkpoint(config, params, tta_name: str, platforms=PLATFORMS) -> tup
   return bytes(exported.serialize()), weights
 
 
-def _check_round_trip(serialized: bytes, weights: list, config, params, tta_name: str) -> float:
+def _check_round_trip(serialized: bytes, weights: list, config, variables, tta_name: str) -> float:
   """Largest difference between the deserialized function and the model applied directly."""
   images = np.random.default_rng(0).integers(0, 256, (3, config.data.image_size, config.data.image_size, 3),
                                              dtype=np.uint8)
   restored = jax.export.deserialize(bytearray(serialized))
-  direct = probability_function(create_model(config.model, NUM_CLASSES), jax.tree.structure(params),
+  direct = probability_function(create_model(config.model, NUM_CLASSES), jax.tree.structure(variables),
                                 tuple(config.data.mean), tuple(config.data.std), tta_name)
   return float(np.abs(np.asarray(restored.call(weights, images)) - np.asarray(jax.jit(direct)(weights, images))).max())
 
@@ -72,11 +73,11 @@ def run_export(workdir: str, output: str, checkpoint: str = "best", tta_flag: st
   if os.path.exists(output) and not os.path.exists(os.path.join(output, META_FILE)):
     raise UserInputError(f"{output}: exists and is not an earlier export; choose another --output")
   try:
-    params, step = checkpointing.restore_params(workdir, checkpoint)
+    variables, step = checkpointing.restore_variables(workdir, checkpoint)
   except FileNotFoundError as e:
     raise UserInputError(str(e)) from None
-  serialized, weights = export_checkpoint(config, params, tta_name)
-  difference = _check_round_trip(serialized, weights, config, params, tta_name)
+  serialized, weights = export_checkpoint(config, variables, tta_name)
+  difference = _check_round_trip(serialized, weights, config, variables, tta_name)
   if difference > 1e-5:
     raise RuntimeError(f"exported function differs from the model by {difference:.2e}; not written")
 

@@ -55,19 +55,19 @@ class RestoredModel:
     self.num_devices = jax.local_device_count()
     check_batch_size(config.train.batch_size, self.num_devices)
     try:
-      params, self.step = checkpointing.restore_params(workdir, checkpoint)
+      variables, self.step = checkpointing.restore_variables(workdir, checkpoint)
     except FileNotFoundError as e:
       raise UserInputError(str(e)) from None
-    self.num_params = sum(x.size for x in jax.tree.leaves(params))
+    self.num_params = sum(x.size for x in jax.tree.leaves(variables["params"]))
     self.config, self.tta = config, tta_name
     model = create_model(config.model, NUM_CLASSES)
     _, self._p_eval = pmapped_steps(model, None, step_config(config).replace(tta=tta_name))
     self._weights = jax_utils.replicate(jnp.ones(NUM_CLASSES))
-    self._params = jax_utils.replicate(params)
+    self._variables = jax_utils.replicate(variables)
     logging.info("using the '%s' checkpoint of %s (step %d)", checkpoint, workdir, self.step)
 
   def evaluate(self, data: ImageSet):
-    metrics, probs, tta_probs = evaluate(self._p_eval, self._params, data, self._weights,
+    metrics, probs, tta_probs = evaluate(self._p_eval, self._variables, data, self._weights,
                                          self.config.train.batch_size, self.num_devices)
     metrics.pop("loss")  # unweighted here; the weighted training loss is in metrics.jsonl
     return metrics, probs, tta_probs

@@ -31,18 +31,37 @@ class TrainState(struct.PyTreeNode):
   params: Any
   opt_state: Any
   rng: jax.Array  # base key (raw uint32[2]); each step folds in the step and the device index
+  model_state: Any = struct.field(default_factory=dict)  # other variable collections: BatchNorm's batch_stats
+
+
+def init_variables(model: nn.Module, image_size: int, seed: int) -> dict:
+  """Freshly initialised variables ({"params": ..., and "batch_stats" where the model has BatchNorm});
+  a pure function of (model, image_size, seed)."""
+  init_key = jax.random.split(jax.random.PRNGKey(seed))[0]
+  return dict(jax.jit(functools.partial(model.init, train=False))(
+      init_key, jnp.zeros((1, image_size, image_size, 3), jnp.float32)))
 
 
 def init_params(model: nn.Module, image_size: int, seed: int):
-  """Freshly initialised parameters; a pure function of (model, image_size, seed)."""
-  init_key = jax.random.split(jax.random.PRNGKey(seed))[0]
-  return jax.jit(functools.partial(model.init, train=False))(
-      init_key, jnp.zeros((1, image_size, image_size, 3), jnp.float32))["params"]
+  """Freshly initialised parameters (see `init_variables`)."""
+  return init_variables(model, image_size, seed)["params"]
 
 
-def create_train_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
+def split_variables(variables: dict) -> tuple[Any, dict]:
+  """(params, every other collection)."""
+  return variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+
+def create_train_state(params, tx: optax.GradientTransformation, seed: int, model_state: dict | None = None
+                       ) -> TrainState:
   train_key = jax.random.split(jax.random.PRNGKey(seed))[1]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_key)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_key,
+                    model_state=dict(model_state or {}))
+
+
+def variables_of(state: TrainState) -> dict:
+  """What `model.apply` takes: the parameters and the model state."""
+  return {"params": state.params, **state.model_state}
 
 
 def unreplicate(tree):
@@ -88,43 +107,48 @@ def train_step(state: TrainState, batch: dict, class_weights: jax.Array, *, mode
   num_devices = jax.lax.psum(1, AXIS)
 
   def loss_fn(params):
-    logits = model.apply({"params": params}, images, train=True, rngs={"dropout": dropout_key})
+    variables = {"params": params, **state.model_state}
+    if state.model_state:  # BatchNorm: batch statistics (averaged over AXIS) update the running ones
+      logits, model_state = model.apply(variables, images, train=True, rngs={"dropout": dropout_key},
+                                        mutable=list(state.model_state))
+    else:
+      logits, model_state = model.apply(variables, images, train=True, rngs={"dropout": dropout_key}), {}
     weighted_ce, weights = weighted_cross_entropy_terms(logits, targets, class_weights, cfg.label_smoothing)
     total_weight = jnp.maximum(jax.lax.psum(weights.sum(), AXIS), 1e-12)
     loss = weighted_ce.sum() / total_weight
     if cfg.l2:
       loss += cfg.l2 * l2_penalty(params, decay_mask(params)) / num_devices
-    return loss, (logits, weighted_ce.sum(), weights.sum())
+    return loss, (logits, weighted_ce.sum(), weights.sum(), dict(model_state))
 
-  (_, (logits, ce_sum, weight_sum)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (_, (logits, ce_sum, weight_sum, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads = jax.lax.psum(grads, AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   loss_sum = jax.lax.psum(ce_sum, AXIS)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
-  if cfg.skip_nonfinite:  # keep the previous parameters and optimiser state for this step
-    params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                     (params, opt_state), (state.params, state.opt_state))
+  if cfg.skip_nonfinite:  # keep the previous parameters, optimiser and model state for this step
+    params, opt_state, model_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                                  (params, opt_state, model_state),
+                                                  (state.params, state.opt_state, state.model_state))
   metrics = {
       "loss_sum": loss_sum,
       "weight_sum": jax.lax.psum(weight_sum, AXIS),
       "grad_norm": grad_norm,
       "finite": finite,
   }
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
   return new_state, metrics, jax.nn.softmax(logits)
 
 
-def eval_step(params, batch: dict, class_weights: jax.Array, *, model: nn.Module, cfg: StepConfig):
+def eval_step(variables: dict, batch: dict, class_weights: jax.Array, *, model: nn.Module, cfg: StepConfig):
   """The masked, weighted loss sums of one eval batch, its probabilities and, with `cfg.tta`, the
   probabilities averaged over the test-time views (else None); no augmentation, no dropout.
 
   The loss is that of the plain images, so it does not depend on the test-time views.
   """
   images = normalize(batch["image"], cfg.mean, cfg.std)
-  logits, probs, tta_probs = tta.probabilities(lambda x: model.apply({"params": params}, x, train=False),
-                                               images, cfg.tta)
+  logits, probs, tta_probs = tta.probabilities(lambda x: model.apply(variables, x, train=False), images, cfg.tta)
   targets = jax.nn.one_hot(batch["label"], cfg.num_classes)
   weighted_ce, weights = weighted_cross_entropy_terms(logits, targets, class_weights, cfg.label_smoothing)
   mask = batch["mask"]

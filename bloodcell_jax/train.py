@@ -40,7 +40,8 @@ from bloodcell_jax.models import create_model
 from bloodcell_jax.models.depthwise import IMPLEMENTATIONS
 from bloodcell_jax.preemption import StopRequest
 from bloodcell_jax.progress import EpochProgress
-from bloodcell_jax.steps import StepConfig, create_train_state, init_params, pmapped_steps, unreplicate
+from bloodcell_jax.steps import (StepConfig, create_train_state, init_variables, pmapped_steps, split_variables,
+                                 unreplicate, variables_of)
 from bloodcell_jax.tensorboard_writer import EventWriter
 
 TENSORBOARD_DIR = "tensorboard"
@@ -141,16 +142,16 @@ def record_config(workdir: str, config: ml_collections.ConfigDict, resuming: boo
   write_json_atomic(path, new)
 
 
-def evaluate(p_eval, params, data: ImageSet, class_weights, global_batch: int, num_devices: int,
+def evaluate(p_eval, variables, data: ImageSet, class_weights, global_batch: int, num_devices: int,
              desc: str = "eval") -> tuple[dict, np.ndarray, np.ndarray | None]:
-  """Metrics and probabilities over every example of `data` (replicated `params`), and the
+  """Metrics and probabilities over every example of `data` (replicated model `variables`), and the
   test-time-augmented probabilities where the eval step computes them (else None)."""
   outputs = []
   batches = pipeline.to_devices(pipeline.eval_batches(data, global_batch, num_devices, jax.process_index(),
                                                       jax.process_count()))
   total = -(-len(data) // global_batch)
   for batch in tqdm(batches, total=total, desc=desc, leave=False, disable=None):
-    outputs.append(p_eval(params, batch, class_weights))
+    outputs.append(p_eval(variables, batch, class_weights))
   outputs = jax.device_get(outputs)
   probs = np.concatenate([distributed.gather_examples(p) for _, p, _ in outputs])[:len(data)]
   tta_probs = None
@@ -200,11 +201,11 @@ class _Run:
     self.model = create_model(config.model, NUM_CLASSES)
     self.steps_per_epoch = pipeline.steps_per_epoch(len(self.data.train), self.global_batch)
     self.schedule = optim.learning_rate_schedule(config.optim, self.steps_per_epoch, config.train.num_epochs)
-    params = init_params(self.model, config.data.image_size, config.seed)
+    params, model_state = split_variables(init_variables(self.model, config.data.image_size, config.seed))
     if config.model.get("init_from"):
-      params = pretrained.merge_into(params, config)
+      params, model_state = pretrained.merge_into(params, model_state, config)
     self.tx = optim.create_optimizer(config.optim, params, self.schedule)
-    self.state = create_train_state(params, self.tx, config.seed)
+    self.state = create_train_state(params, self.tx, config.seed, model_state)
     self.progress = self._new_epoch(0)
     self.best, self.bad_epochs = -np.inf, 0
 
@@ -317,7 +318,7 @@ class _Run:
               return row
         self._absorb(pending)
         train_metrics = self.progress.metrics()
-        val_metrics, _, _ = evaluate(p_eval, replicated.params, self.data.val, class_weights, self.global_batch,
+        val_metrics, _, _ = evaluate(p_eval, variables_of(replicated), self.data.val, class_weights, self.global_batch,
                                   self.num_devices)
         step = int(jax.device_get(replicated.step[0]))
         row = {"epoch": epoch, "step": step, "learning_rate": float(self.schedule(step)),

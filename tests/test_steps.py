@@ -90,7 +90,7 @@ def test_eval_step_ignores_padding():
   data = _batches(1, 8, 32)[0]
   step = jax.pmap(functools.partial(eval_step, model=model, cfg=CFG), axis_name=AXIS,
                   devices=jax.local_devices()[:1])
-  params = jax_utils.replicate(state.params, jax.local_devices()[:1])
+  params = jax_utils.replicate({"params": state.params}, jax.local_devices()[:1])
   w = jax_utils.replicate(jnp.ones(8), jax.local_devices()[:1])
   full, probs_full, _ = step(params, {"image": data["image"][None, :6], "label": data["label"][None, :6],
                                    "mask": np.ones((1, 6), np.float32)}, w)
@@ -159,7 +159,7 @@ def test_eval_never_augments_and_train_augments_per_policy():
     run_train = jax.pmap(functools.partial(train_step, model=model, tx=tx, cfg=cfg), axis_name=AXIS,
                          devices=jax.local_devices()[:1])
     add_axis = functools.partial(jax.tree.map, lambda x: x[None])
-    _, probs, _ = run_eval(add_axis(state.params), add_axis(eval_batch), weights[None])
+    _, probs, _ = run_eval(add_axis({"params": state.params}), add_axis(eval_batch), weights[None])
     losses = [float(run_train(add_axis(state), add_axis(batch), weights[None])[1]["loss_sum"][0]) for _ in range(2)]
     outputs[policy] = (np.asarray(probs), losses)
   np.testing.assert_array_equal(outputs["none"][0], outputs["heavy"][0])

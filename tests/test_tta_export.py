@@ -45,7 +45,7 @@ def test_eval_step_averages_softmax_over_the_views():
   def run(name):
     cfg = StepConfig(num_classes=8, mean=(0.5,) * 3, std=(0.25,) * 3, tta=name)
     step = jax.pmap(functools.partial(eval_step, model=model, cfg=cfg), axis_name=AXIS, devices=device)
-    return step(jax_utils.replicate(params, device), batch, jax_utils.replicate(jnp.ones(8), device))
+    return step(jax_utils.replicate({"params": params}, device), batch, jax_utils.replicate(jnp.ones(8), device))
 
   plain_metrics, plain, none_tta = run("none")
   assert none_tta is None
@@ -62,7 +62,7 @@ def test_eval_step_averages_softmax_over_the_views():
 def test_exported_function_equals_the_model_for_any_batch_size(tmp_path):
   config, model, params = _model_and_params()
   config.data.mean, config.data.std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
-  serialized, weights = export_checkpoint(config, params, "flips", platforms=("cpu",))
+  serialized, weights = export_checkpoint(config, {"params": params}, "flips", platforms=("cpu",))
   (tmp_path / "f.bin").write_bytes(serialized)
   np.savez(tmp_path / "w.npz", **{f"w{i:04d}": w for i, w in enumerate(weights)})
   (tmp_path / "model.json").write_text(

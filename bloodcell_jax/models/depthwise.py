@@ -24,36 +24,55 @@ def resolve_impl(impl: str) -> str:
   return impl
 
 
-def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: str) -> jax.Array:
-  """'SAME'-padded, stride-1 depthwise convolution of NHWC `x` with an odd (k, k, 1, C) kernel."""
+def explicit_padding(size: int, kernel: int, stride: int, padding) -> tuple[int, int]:
+  """(before, after) padding of one spatial axis; "SAME" is TensorFlow's (the extra pixel after)."""
+  if padding != "SAME":
+    return tuple(padding)
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: str, stride: int = 1, padding="SAME") -> jax.Array:
+  """Depthwise convolution of NHWC `x` with a (k, k, 1, C) kernel; `padding` is "SAME" or
+  ((top, bottom), (left, right))."""
   k = kernel.shape[0]
+  pads = [explicit_padding(x.shape[axis], k, stride, padding if padding == "SAME" else padding[axis - 1])
+          for axis in (1, 2)]
   if resolve_impl(impl) == "xla":
     return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(1, 1), padding="SAME",
+        x, kernel, window_strides=(stride, stride), padding=pads,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
-  pad = k // 2
-  height, width = x.shape[1], x.shape[2]
-  padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  height = (padded.shape[1] - k) // stride + 1
+  width = (padded.shape[2] - k) // stride + 1
   out = None
   for i in range(k):
     for j in range(k):
-      term = padded[:, i:i + height, j:j + width, :] * kernel[i, j, 0]
+      window = padded[:, i:i + stride * (height - 1) + 1:stride, j:j + stride * (width - 1) + 1:stride, :]
+      term = window * kernel[i, j, 0]
       out = term if out is None else out + term
   return out
 
 
 class DepthwiseConv(nn.Module):
-  """Depthwise k x k convolution with bias; parameters named like `nn.Conv` (kernel, bias)."""
+  """Depthwise k x k convolution; parameters named like `nn.Conv` (kernel, bias)."""
 
   kernel_size: int = 7
   impl: str = "auto"
   dtype: jnp.dtype | None = None
   kernel_init: nn.initializers.Initializer = nn.initializers.truncated_normal(0.02)
+  stride: int = 1
+  padding: str | tuple = "SAME"  # or ((top, bottom), (left, right))
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     channels = x.shape[-1]
     kernel = self.param("kernel", self.kernel_init, (self.kernel_size, self.kernel_size, 1, channels))
+    if not self.use_bias:
+      x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+      return depthwise_conv(x, kernel, self.impl, self.stride, self.padding)
     bias = self.param("bias", nn.initializers.zeros, (channels,))
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    return depthwise_conv(x, kernel, self.impl) + bias
+    return depthwise_conv(x, kernel, self.impl, self.stride, self.padding) + bias

@@ -7,6 +7,8 @@ import ml_collections
 from flax import linen as nn
 
 from bloodcell_jax.models.cnn import SimpleCNN
+from bloodcell_jax.steps import AXIS as BATCH_AXIS  # the train step's pmap axis: BatchNorm averages over it
+from bloodcell_jax.models import efficientnet
 from bloodcell_jax.models.convnext import VARIANTS, ConvNeXt
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -30,7 +32,16 @@ def _cnn(cfg: ml_collections.ConfigDict, num_classes: int, dtype) -> nn.Module:
   return SimpleCNN(num_classes=num_classes, dropout=cfg.head_dropout, dtype=dtype)
 
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {"convnext": _convnext, "cnn": _cnn}
+def _efficientnet(cfg: ml_collections.ConfigDict, num_classes: int, dtype) -> nn.Module:
+  """EfficientNet B0-B3 / V2 S-L and MobileNetV3 Small/Large (`model.variant` = timm's model name)."""
+  if cfg.variant not in efficientnet.VARIANTS:
+    raise ValueError(f"unknown {cfg.name} variant {cfg.variant!r}; choose one of {', '.join(efficientnet.VARIANTS)}")
+  return efficientnet.EfficientNet(
+      num_classes=num_classes, arch=efficientnet.VARIANTS[cfg.variant], drop_path_rate=cfg.drop_path_rate,
+      head_dropout=cfg.head_dropout, depthwise_impl=cfg.depthwise_impl, axis_name=BATCH_AXIS, dtype=dtype)
+
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {"convnext": _convnext, "cnn": _cnn, "efficientnet": _efficientnet}
 
 
 def model_names() -> tuple[str, ...]:

@@ -1,6 +1,7 @@
 """Starting a run from ported weights: the config takes the weights' architecture and input
-normalisation, the backbone (and the head's LayerNorm) load, and the classifier is a fresh
-8-class layer unless `model.keep_head` asks for the checkpoint's own (only when it has 8 classes).
+normalisation, the backbone (with the head's LayerNorm, or BatchNorm statistics) loads, and the
+classifier is a fresh 8-class layer unless `model.keep_head` asks for the checkpoint's own (only
+when it has 8 classes).
 """
 
 from absl import logging
@@ -15,31 +16,38 @@ def apply_to_config(config) -> dict | None:
   source = config.model.get("init_from", "")
   if not source:
     return None
-  if config.model.name != "convnext":
-    raise UserInputError(f"config: model.init_from holds ConvNeXt weights but model.name={config.model.name!r}")
   directory = store.resolve(source)
   meta = store.read_meta(directory)
+  family = meta.get("family", "convnext")
+  if config.model.name != family:
+    raise UserInputError(f"config: model.init_from holds {family} weights but model.name={config.model.name!r}")
   config.model.init_from = directory
   config.model.variant = meta["variant"] if meta["variant"] != "custom" else config.model.variant
-  config.model.depths = tuple(meta["depths"])
-  config.model.dims = tuple(meta["dims"])
+  if family == "convnext":
+    config.model.depths = tuple(meta["depths"])
+    config.model.dims = tuple(meta["dims"])
   config.data.mean = tuple(meta["mean"])
   config.data.std = tuple(meta["std"])
   if config.model.get("keep_head", False) and meta["num_classes"] != NUM_CLASSES:
     raise UserInputError(f"config: model.keep_head needs a {NUM_CLASSES}-class head; {directory} has "
                          f"{meta['num_classes']} classes")
-  logging.info("starting from %s (%s, ConvNeXt depths %s dims %s); input mean %s std %s", directory, meta["source"],
-               meta["depths"], meta["dims"], meta["mean"], meta["std"])
+  logging.info("starting from %s (%s, %s %s); input mean %s std %s", directory, meta["source"], family,
+               meta["variant"], meta["mean"], meta["std"])
   return meta
 
 
-def merge_into(params: dict, config) -> dict:
-  """`params` (freshly initialised) with every pretrained tensor copied in except, by default, head_fc."""
-  pretrained, _ = store.load(config.model.init_from)
+HEADS = ("head_fc", "classifier")  # ConvNeXt's, and the EfficientNet family's, final linear layer
+
+
+def merge_into(params: dict, model_state: dict, config) -> tuple[dict, dict]:
+  """(params, model_state) freshly initialised, with every pretrained tensor copied in except, by
+  default, the classifier."""
+  variables, _ = store.load_variables(config.model.init_from)
   keep_head = config.model.get("keep_head", False)
   merged = dict(params)
-  for name, value in pretrained.items():
-    if name == "head_fc" and not keep_head:
+  for name, value in variables["params"].items():
+    if name in HEADS and not keep_head:
       continue
     merged[name] = value
-  return merged
+  state = {k: variables.get(k, v) for k, v in model_state.items()}
+  return merged, state

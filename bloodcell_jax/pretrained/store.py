@@ -1,5 +1,5 @@
 """Ported weights on disk: checkpoints/pretrained/<name>/ holds an Orbax checkpoint of the parameters
-(params/) and pretrained.json (source, sha256, architecture, input normalisation, key report).
+(params/), of BatchNorm statistics where the model has them (batch_stats/), and pretrained.json (source, sha256, architecture, input normalisation, key report).
 
 Written under a temporary name and renamed, so an interrupted port leaves nothing that loads.
 """
@@ -20,7 +20,8 @@ DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.p
                             "checkpoints", "pretrained")
 
 
-def save(directory: str, params: dict, meta: dict, overwrite: bool = False) -> str:
+def save(directory: str, params: dict, meta: dict, overwrite: bool = False, model_state: dict | None = None) -> str:
+  """Writes the weights (and BatchNorm statistics, `model_state`, where the model has them)."""
   directory = os.path.abspath(directory)
   if os.path.exists(directory) and not overwrite:
     raise UserInputError(f"{directory}: already exists; pass --overwrite to replace it")
@@ -30,6 +31,8 @@ def save(directory: str, params: dict, meta: dict, overwrite: bool = False) -> s
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(os.path.join(tmp, "params"), params)
+      for collection, tree in (model_state or {}).items():
+        checkpointer.save(os.path.join(tmp, collection), tree)
     write_json_atomic(os.path.join(tmp, META_FILE), meta)
     if os.path.exists(directory):
       shutil.rmtree(directory)
@@ -53,13 +56,25 @@ def read_meta(directory: str) -> dict:
     return json.load(f)
 
 
-def load(name_or_path: str) -> tuple[dict, dict]:
-  """(parameters as numpy arrays, metadata) of ported weights."""
+MODEL_STATE_COLLECTIONS = ("batch_stats",)
+
+
+def load_variables(name_or_path: str) -> tuple[dict, dict]:
+  """({"params": ..., and "batch_stats" where saved} as numpy arrays, metadata) of ported weights."""
   directory = resolve(name_or_path)
   meta = read_meta(directory)
+  variables = {}
   try:
     with ocp.StandardCheckpointer() as checkpointer:
-      params = checkpointer.restore(os.path.join(directory, "params"))
+      for collection in ("params",) + MODEL_STATE_COLLECTIONS:
+        if collection == "params" or os.path.isdir(os.path.join(directory, collection)):
+          variables[collection] = checkpointer.restore(os.path.join(directory, collection))
   except Exception as e:
-    raise UserInputError(f"{directory}: the parameters do not load ({type(e).__name__}: {e})") from None
-  return jax.tree.map(np.asarray, params), meta
+    raise UserInputError(f"{directory}: the weights do not load ({type(e).__name__}: {e})") from None
+  return jax.tree.map(np.asarray, variables), meta
+
+
+def load(name_or_path: str) -> tuple[dict, dict]:
+  """(parameters as numpy arrays, metadata) of ported weights."""
+  variables, meta = load_variables(name_or_path)
+  return variables["params"], meta
