@@ -15,6 +15,7 @@ variants use TensorFlow's "SAME" padding (extra pixel after), the others timm's 
 """
 
 import dataclasses
+import functools
 import math
 import re
 
@@ -188,33 +189,29 @@ def _padding(arch: Architecture, kernel: int, stride: int):
   return ((pad, pad), (pad, pad))
 
 
-class ConvBN(nn.Module):
-  """Conv (no bias) + BatchNorm + optional activation, as timm's conv + BatchNormAct2d."""
+@dataclasses.dataclass(frozen=True)
+class _Layers:
+  """What every conv + BatchNorm pair of one model shares."""
 
-  features: int
-  kernel: int
-  stride: int
   arch: Architecture
-  act: str | None
-  depthwise: bool = False
-  depthwise_impl: str = "auto"
-  axis_name: str | None = None
-  dtype: jnp.dtype | None = None
-  conv_name: str = "conv"
-  bn_name: str = "bn1"
+  depthwise_impl: str
+  axis_name: str | None
+  dtype: jnp.dtype | None
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    padding = _padding(self.arch, self.kernel, self.stride)
-    if self.depthwise:
-      x = DepthwiseConv(self.kernel, self.depthwise_impl, self.dtype, nn.initializers.he_normal(), self.stride,
-                        padding, use_bias=False, name=self.conv_name)(x)
+  def conv_bn(self, x: jax.Array, train: bool, features: int, kernel: int, stride: int, act: str | None,
+              conv_name: str, bn_name: str, depthwise: bool = False) -> jax.Array:
+    """Conv (no bias) + BatchNorm + optional activation (timm's conv + BatchNormAct2d), created in
+    the calling module's scope so the names are timm's (`conv_dw`, `bn2`)."""
+    padding = _padding(self.arch, kernel, stride)
+    if depthwise:
+      x = DepthwiseConv(kernel, self.depthwise_impl, self.dtype, nn.initializers.he_normal(), stride, padding,
+                        use_bias=False, name=conv_name)(x)
     else:
-      x = nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride), padding=padding,
-                  use_bias=False, dtype=self.dtype, kernel_init=nn.initializers.he_normal(), name=self.conv_name)(x)
+      x = nn.Conv(features, (kernel, kernel), (stride, stride), padding=padding, use_bias=False, dtype=self.dtype,
+                  kernel_init=nn.initializers.he_normal(), name=conv_name)(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=self.arch.bn_momentum, epsilon=self.arch.bn_eps,
-                     axis_name=self.axis_name if train else None, dtype=self.dtype, name=self.bn_name)(x)
-    return ACTIVATIONS[self.act](x) if self.act else x
+                     axis_name=self.axis_name if train else None, dtype=self.dtype, name=bn_name)(x)
+    return ACTIVATIONS[act](x) if act else x
 
 
 class SqueezeExcite(nn.Module):
@@ -243,23 +240,25 @@ class MBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     b, arch = self.block, self.arch
-    conv = lambda f, k, s, act, conv_name, bn_name, depthwise=False: ConvBN(
-        f, k, s, arch, act, depthwise, self.depthwise_impl, self.axis_name, self.dtype, conv_name, bn_name)
+    conv_bn = functools.partial(_Layers(arch, self.depthwise_impl, self.axis_name, self.dtype).conv_bn, train=train)
     squeeze = lambda h: SqueezeExcite(b.se_chs, arch.se_act or b.act, arch.se_gate, self.dtype, name="se")(h) \
         if b.se_chs else h
     shortcut = x
     if b.kind == "ds":
-      x = conv(b.in_chs, b.kernel, b.stride, b.act, "conv_dw", "bn1", depthwise=True)(x, train)
-      x = conv(b.out_chs, 1, 1, None, "conv_pw", "bn2")(squeeze(x), train)
+      x = conv_bn(x, features=b.in_chs, kernel=b.kernel, stride=b.stride, act=b.act, conv_name="conv_dw",
+                  bn_name="bn1", depthwise=True)
+      x = conv_bn(squeeze(x), features=b.out_chs, kernel=1, stride=1, act=None, conv_name="conv_pw", bn_name="bn2")
     elif b.kind == "ir":
-      x = conv(b.mid_chs, 1, 1, b.act, "conv_pw", "bn1")(x, train)
-      x = conv(b.mid_chs, b.kernel, b.stride, b.act, "conv_dw", "bn2", depthwise=True)(x, train)
-      x = conv(b.out_chs, 1, 1, None, "conv_pwl", "bn3")(squeeze(x), train)
+      x = conv_bn(x, features=b.mid_chs, kernel=1, stride=1, act=b.act, conv_name="conv_pw", bn_name="bn1")
+      x = conv_bn(x, features=b.mid_chs, kernel=b.kernel, stride=b.stride, act=b.act, conv_name="conv_dw",
+                  bn_name="bn2", depthwise=True)
+      x = conv_bn(squeeze(x), features=b.out_chs, kernel=1, stride=1, act=None, conv_name="conv_pwl", bn_name="bn3")
     elif b.kind == "er":
-      x = conv(b.mid_chs, b.kernel, b.stride, b.act, "conv_exp", "bn1")(x, train)
-      x = conv(b.out_chs, 1, 1, None, "conv_pwl", "bn2")(squeeze(x), train)
+      x = conv_bn(x, features=b.mid_chs, kernel=b.kernel, stride=b.stride, act=b.act, conv_name="conv_exp",
+                  bn_name="bn1")
+      x = conv_bn(squeeze(x), features=b.out_chs, kernel=1, stride=1, act=None, conv_name="conv_pwl", bn_name="bn2")
     else:
-      x = conv(b.out_chs, b.kernel, b.stride, b.act, "conv", "bn1")(x, train)
+      x = conv_bn(x, features=b.out_chs, kernel=b.kernel, stride=b.stride, act=b.act, conv_name="conv", bn_name="bn1")
     if b.skip:
       x = shortcut + DropPath(b.drop_path)(x, deterministic=not train)
     return x
@@ -280,16 +279,15 @@ class EfficientNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     arch = self.arch
     stem, stages, head_in = resolve_blocks(arch, self.drop_path_rate)
-    conv = lambda f, k, s, act, conv_name, bn_name: ConvBN(f, k, s, arch, act, False, self.depthwise_impl,
-                                                           self.axis_name, self.dtype, conv_name, bn_name)
-    x = conv(stem, 3, 2, arch.act, "conv_stem", "bn1")(x, train)
+    layers = _Layers(arch, self.depthwise_impl, self.axis_name, self.dtype)
+    x = layers.conv_bn(x, train, stem, 3, 2, arch.act, "conv_stem", "bn1")
     for i, blocks in enumerate(stages):
       for j, block in enumerate(blocks):
         x = MBlock(block, arch, self.depthwise_impl, self.axis_name, self.dtype, name=f"blocks_{i}_{j}")(x, train)
     features = make_divisible(arch.num_features * arch.channel_multiplier) if arch.scale_num_features \
         else arch.num_features
     if arch.family == "efficientnet":
-      x = conv(features, 1, 1, arch.act, "conv_head", "bn2")(x, train)
+      x = layers.conv_bn(x, train, features, 1, 1, arch.act, "conv_head", "bn2")
       x = jnp.mean(x, axis=(1, 2))
     else:
       x = jnp.mean(x, axis=(1, 2), keepdims=True)

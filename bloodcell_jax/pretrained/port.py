@@ -1,4 +1,5 @@
-"""Converting a ConvNeXt checkpoint into our parameter tree, with every key and shape accounted for.
+"""Converting a ConvNeXt or EfficientNet-family checkpoint into our variables, with every key and
+shape accounted for.
 
 `convert` maps each source tensor through the key table of its naming scheme, changes its layout,
 and checks it against the shapes our model has for the architecture read off the checkpoint. Any
@@ -7,6 +8,7 @@ nothing is written in that case.
 """
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +16,9 @@ import numpy as np
 from flax import traverse_util
 
 from bloodcell_jax.errors import UserInputError
+from bloodcell_jax.models import efficientnet
 from bloodcell_jax.models.convnext import VARIANTS, ConvNeXt
-from bloodcell_jax.pretrained import convnext_keys
+from bloodcell_jax.pretrained import convnext_keys, efficientnet_keys
 
 
 class PortError(UserInputError):
@@ -31,6 +34,8 @@ class Converted:
   dims: tuple[int, ...]
   num_classes: int
   key_map: dict[str, str]  # source key -> our path
+  family: str = "convnext"  # the model.name these weights fit
+  model_state: dict = dataclasses.field(default_factory=dict)  # BatchNorm statistics ({"batch_stats": ...})
 
 
 def expected_shapes(depths, dims, num_classes: int) -> dict[str, tuple[int, ...]]:
@@ -44,8 +49,12 @@ def variant_name(depths, dims) -> str:
               "custom")
 
 
-def convert(tensors: dict[str, np.ndarray], source: str) -> Converted:
-  """Our parameters from a ConvNeXt state dict in timm, facebook or Hugging Face naming."""
+def convert(tensors: dict[str, np.ndarray], source: str, variant: str | None = None) -> Converted:
+  """Our variables from a ConvNeXt state dict (timm, facebook or Hugging Face naming) or a timm
+  EfficientNet / EfficientNetV2 / MobileNetV3 one (`variant`: its timm name, where the shapes alone
+  do not tell it, e.g. efficientnet_b0 from tf_efficientnet_b0)."""
+  if efficientnet_keys.is_efficientnet_family(tensors):
+    return convert_efficientnet(tensors, source, variant)
   scheme = convnext_keys.detect_scheme(tensors)
   if scheme is None:
     known = ", ".join(f"{s} ({k})" for s, k in convnext_keys.SIGNATURES.items())
@@ -78,3 +87,64 @@ def convert(tensors: dict[str, np.ndarray], source: str) -> Converted:
                     + "; ".join(problems))
   params = traverse_util.unflatten_dict({tuple(p.split("/")): v for p, v in flat.items()})
   return Converted(params, scheme, variant_name(depths, dims), depths, dims, num_classes, key_map)
+
+
+def _efficientnet_candidates(tensors: dict, hint: str) -> list[str]:
+  """Variants whose block layout and stem fit the tensors; narrowed by a timm name in `hint`."""
+  blocks = {tuple(int(i) for i in k.split(".")[1:3]) for k in tensors if k.startswith("blocks.")}
+  stem = tensors[efficientnet_keys.SIGNATURE].shape[0]
+  fitting = []
+  for name, arch in efficientnet.VARIANTS.items():
+    stem_chs, stages, _ = efficientnet.resolve_blocks(arch)
+    if stem_chs == stem and blocks == {(i, j) for i, stage in enumerate(stages) for j in range(len(stage))}:
+      fitting.append(name)
+  exact = [n for n in fitting if n == hint.split(".")[0]]
+  named = [n for n in fitting if n in hint]
+  named = [n for n in named if not any(n != other and n in other for other in named)]  # tf_x over x
+  return exact or named or fitting
+
+
+def convert_efficientnet(tensors: dict[str, np.ndarray], source: str, variant: str | None = None) -> Converted:
+  name = os.path.basename(os.path.normpath(source))
+  candidates = [variant] if variant else _efficientnet_candidates(tensors, name)
+  if variant and variant not in efficientnet.VARIANTS:
+    raise PortError(f"{source}: unknown variant {variant!r}; choose one of {', '.join(efficientnet.VARIANTS)}")
+  if not candidates:
+    raise PortError(f"{source}: its blocks fit none of {', '.join(efficientnet.VARIANTS)}")
+  if len(candidates) > 1:
+    raise PortError(f"{source}: fits {' and '.join(candidates)} (they differ in padding and BatchNorm epsilon "
+                    "only); name one with --variant")
+  (variant,) = candidates
+  if "classifier.weight" not in tensors:
+    raise PortError(f"{source}: no classifier.weight; a classifier checkpoint is needed")
+  num_classes = tensors["classifier.weight"].shape[0]
+  model = efficientnet.EfficientNet(num_classes, efficientnet.VARIANTS[variant])
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+  expected = {(c, "/".join(k)): tuple(v.shape) for c in shapes
+              for k, v in traverse_util.flatten_dict(shapes[c]).items()}
+  flat, key_map, problems = {}, {}, []
+  for key in sorted(tensors):
+    if efficientnet_keys.skipped(key):
+      continue
+    target = efficientnet_keys.target_of(key)
+    if target is None or target[:2] not in expected:
+      problems.append(f"unexpected {key} {tuple(tensors[key].shape)}")
+      continue
+    collection, path, _ = target
+    value = efficientnet_keys.to_flax_layout(path, np.asarray(tensors[key], np.float32))
+    key_map[key] = f"{collection}/{path}"
+    if value.shape != expected[(collection, path)]:
+      problems.append(f"wrong shape {key}: {tuple(value.shape)} after layout change, {path} needs "
+                      f"{expected[(collection, path)]}")
+      continue
+    flat[(collection, path)] = value
+  problems += [f"missing {c}/{p} {shape}" for (c, p), shape in expected.items() if (c, p) not in flat
+               and f"{c}/{p}" not in key_map.values()]
+  if problems:
+    shown = "; ".join(problems[:12]) + (f"; and {len(problems) - 12} more" if len(problems) > 12 else "")
+    raise PortError(f"{source}: {len(problems)} mismatches with {variant}: {shown}")
+  variables = {c: traverse_util.unflatten_dict({tuple(p.split("/")): v for (cc, p), v in flat.items() if cc == c})
+               for c in shapes}
+  params = variables.pop("params")
+  return Converted(params, "timm", variant, (), (), num_classes, key_map, family="efficientnet",
+                   model_state=variables)

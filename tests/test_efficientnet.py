@@ -1,0 +1,177 @@
+"""EfficientNet / EfficientNetV2 / MobileNetV3: timm's architectures, ported weights equal to timm
+(PyTorch, CPU, float32, eval mode) with every tensor and BatchNorm statistic randomised, and BatchNorm
+handled under pmap (statistics from the global batch, stored in the train state, frozen in eval)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import jax_utils
+
+from bloodcell_jax import optim
+from bloodcell_jax.models import create_model
+from bloodcell_jax.models.efficientnet import VARIANTS, EfficientNet, make_divisible, resolve_blocks
+from bloodcell_jax.pretrained import PortError, convert
+from bloodcell_jax.steps import AXIS, StepConfig, create_train_state, init_variables, split_variables, train_step
+from conftest import tiny_config
+from timm_reference import import_timm
+
+torch = pytest.importorskip("torch", reason="PyTorch not installed (pip install -r requirements-dev.txt)")
+
+
+def _images(size: int, n: int, generator) -> "torch.Tensor":
+  """NCHW noise images, each with its own brightness and contrast (so pooled features differ)."""
+  shift = torch.rand((n, 1, 1, 1), generator=generator) - 0.5
+  scale = 0.5 + torch.rand((n, 1, 1, 1), generator=generator)
+  return shift + scale * torch.randn((n, 3, size, size), generator=generator)
+
+
+def _randomised(timm_name: str, seed: int = 0, size: int = 64):
+  """A timm model in eval mode with every parameter random and random BatchNorm statistics of the
+  right scale: measured over random images in training mode, then each scaled and shifted at
+  random (purely random statistics would make activations vanish or explode over 30+ layers)."""
+  timm = import_timm()
+  model = timm.create_model(timm_name, pretrained=False)
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      noise = torch.randn(p.shape, generator=generator)
+      if p.ndim >= 2:  # He scaling
+        gain = 0.5 if name.startswith("conv_head") else 2.0
+        p.copy_(noise * np.sqrt(gain / p[0].numel()))
+      elif name.endswith("weight"):
+        p.copy_(1.0 + 0.2 * noise)
+      else:
+        p.copy_(0.1 * noise)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+      norm.reset_running_stats()
+      norm.momentum = None  # a plain average over the calibration batches
+    model.train()
+    for _ in range(2):  # calibration images like the test's
+      model(_images(size, 8, generator))
+    for norm in norms:
+      norm.running_mean.add_(0.1 * torch.randn(norm.running_mean.shape, generator=generator))
+      norm.running_var.mul_(0.8 + 0.4 * torch.rand(norm.running_var.shape, generator=generator))
+    model.eval()
+    spread = model(_images(size, 8, generator)).std()
+    model.classifier.weight.mul_(2.0 / spread)  # logits of standard deviation about 2
+    model.classifier.bias.mul_(2.0 / spread)
+  return model
+
+
+@pytest.mark.parametrize("timm_name,size", [("mobilenetv3_small_100", 64), ("efficientnet_b0", 64),
+                                            ("tf_efficientnet_b0", 67), ("tf_efficientnetv2_s", 67)])
+def test_logits_equal_timm(timm_name, size):
+  """Equal when computed in float64 (to 1e-6: the logits come back as float32), and in float32 to 1e-4.
+
+  67 px makes TensorFlow's SAME padding asymmetric at every stride-2 layer. A randomised
+  EfficientNetV2-S (40 blocks) amplifies float32 rounding so much that timm's own float32 logits
+  differ from its float64 ones by about 5e-4 (0.1 for some seeds); there the float32 check is that
+  ours are as close to the exact logits as timm's float32 ones.
+  """
+  reference = _randomised(timm_name, size=size)
+  tensors = {k: v.detach().numpy() for k, v in reference.state_dict().items()}
+  converted = convert(tensors, timm_name)
+  assert (converted.family, converted.variant, converted.num_classes) == ("efficientnet", timm_name, 1000)
+  x = _images(size, 2, torch.Generator().manual_seed(1)).numpy().transpose(0, 2, 3, 1).copy()
+  with torch.no_grad():
+    expected = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    exact = reference.double()(torch.from_numpy(x.transpose(0, 3, 1, 2)).double()).numpy()
+  assert np.abs(exact[0] - exact[1]).max() > 0.05  # the output depends on the input: a wrong tensor shows
+  model = EfficientNet(1000, VARIANTS[timm_name], depthwise_impl="xla")
+  variables = {"params": converted.params, **converted.model_state}
+  with jax.enable_x64(True):
+    ours64 = np.asarray(model.apply(jax.tree.map(lambda v: np.asarray(v, np.float64), variables), x.astype(np.float64)))
+  np.testing.assert_allclose(ours64, exact, atol=1e-6, rtol=0)  # computed in float64, returned as float32
+  ours = np.asarray(model.apply(variables, x, train=False))
+  if timm_name == "tf_efficientnetv2_s":
+    assert np.abs(ours - exact).max() <= 2 * np.abs(expected - exact).max() + 1e-5
+  else:
+    np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=0)
+
+
+def test_every_variant_has_timm_parameter_and_statistic_counts():
+  timm = import_timm()
+  for name, arch in VARIANTS.items():
+    reference = timm.create_model(name, pretrained=False)
+    shapes = jax.eval_shape(lambda: EfficientNet(1000, arch).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+    assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == sum(p.numel() for p in reference.parameters())
+    assert sum(x.size for x in jax.tree.leaves(shapes["batch_stats"])) == sum(
+        b.numel() for k, b in reference.named_buffers() if "running" in k), name
+
+
+def test_channel_rounding_and_depth_scaling_by_hand():
+  assert [make_divisible(v) for v in (16 * 4.5, 24 * 3.67, 1280 * 1.1, 40 * 1.2, 3.9)] == [72, 88, 1408, 48, 8]
+  _, stages, head = resolve_blocks(VARIANTS["efficientnet_b3"])  # depth 1.4: ceil(repeats * 1.4) per stage
+  assert [len(s) for s in stages] == [2, 3, 3, 5, 5, 6, 2] and head == 384
+  block = stages[1][0]
+  assert (block.in_chs, block.mid_chs, block.out_chs, block.se_chs, block.stride) == (24, 144, 32, 6, 2)
+
+
+def test_ambiguous_and_bad_checkpoints_are_refused():
+  tensors = {k: v.detach().numpy() for k, v in _randomised("efficientnet_b0").state_dict().items()}
+  with pytest.raises(PortError, match="fits efficientnet_b0 and tf_efficientnet_b0.*--variant"):
+    convert(tensors, "weights.safetensors")
+  assert convert(tensors, "weights.safetensors", variant="tf_efficientnet_b0").variant == "tf_efficientnet_b0"
+  broken = dict(tensors)
+  broken["blocks.1.0.conv_dw.weight"] = broken["blocks.1.0.conv_dw.weight"][:, :, :2]
+  del broken["bn2.running_var"]
+  broken["extra.weight"] = np.zeros(3)
+  with pytest.raises(PortError, match="3 mismatches") as error:
+    convert(broken, "efficientnet_b0.ra_in1k")
+  message = str(error.value)
+  assert "wrong shape blocks.1.0.conv_dw.weight" in message and "missing batch_stats/bn2/var" in message
+  assert "unexpected extra.weight" in message
+
+
+def _tiny_mobilenet():
+  config = tiny_config()
+  config.model.name, config.model.variant = "efficientnet", "mobilenetv3_small_100"
+  return config
+
+
+@pytest.mark.parametrize("variant", ["mobilenetv3_small_100", "efficientnet_b0", "tf_efficientnetv2_s"])
+def test_each_family_trains_and_keeps_batchnorm_statistics(variant):
+  config = _tiny_mobilenet()
+  config.model.variant = variant
+  model = create_model(config.model, 8)
+  params, model_state = split_variables(init_variables(model, 32, seed=0))
+  tx = optim.create_optimizer(config.optim, params, optim.learning_rate_schedule(config.optim, 10, 1))
+  state = jax_utils.replicate(create_train_state(params, tx, 0, model_state), jax.local_devices()[:2])
+  step = jax.pmap(functools.partial(train_step, model=model, tx=tx, cfg=StepConfig(8, (0.5,) * 3, (0.25,) * 3)),
+                  axis_name=AXIS, devices=jax.local_devices()[:2])
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8), "label": rng.integers(0, 8, (2, 4))}
+  losses = []
+  for _ in range(3):
+    state, metrics, _ = step(state, batch, jnp.ones((2, 8)))
+    losses.append(float(metrics["loss_sum"][0] / metrics["weight_sum"][0]))
+  assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+  before = jax.tree.leaves(model_state["batch_stats"])
+  after = jax.tree.leaves(state.model_state["batch_stats"])
+  assert any(not np.allclose(a[0], b) for a, b in zip(after, before))  # running statistics moved
+  for leaf in after:  # and are the same on both devices (averaged over the batch axis)
+    np.testing.assert_array_equal(leaf[0], leaf[1])
+
+
+def test_batchnorm_statistics_come_from_the_global_batch():
+  """Two devices with half the batch each give the running statistics of one device with all of it."""
+  config = _tiny_mobilenet()
+  model = create_model(config.model, 8)
+  params, model_state = split_variables(init_variables(model, 32, seed=0))
+  tx = optim.create_optimizer(config.optim, params, optim.learning_rate_schedule(config.optim, 10, 1))
+  rng = np.random.default_rng(1)
+  images, labels = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), rng.integers(0, 8, 8)
+  results = []
+  for devices in (1, 2):
+    state = jax_utils.replicate(create_train_state(params, tx, 0, model_state), jax.local_devices()[:devices])
+    step = jax.pmap(functools.partial(train_step, model=model, tx=tx, cfg=StepConfig(8, (0.5,) * 3, (0.25,) * 3)),
+                    axis_name=AXIS, devices=jax.local_devices()[:devices])
+    batch = {"image": images.reshape(devices, -1, 32, 32, 3), "label": labels.reshape(devices, -1)}
+    state, _, _ = step(state, batch, jnp.ones((devices, 8)))
+    results.append([np.asarray(x[0]) for x in jax.tree.leaves(state.model_state["batch_stats"])])
+  for one, two in zip(*results):
+    np.testing.assert_allclose(one, two, rtol=2e-4, atol=2e-5)
