@@ -116,7 +116,11 @@ def describe_model(config) -> str:
   if model.name == "convnext":
     return (f"ConvNeXt-{model.variant}" if not model.get("depths") else
             f"ConvNeXt depths {tuple(model.depths)} dims {tuple(model.dims)}")
-  return model.name
+  if model.name == "efficientnet":
+    scaled = [f"{k.split('_')[0]} x{model.get(k)}" for k in ("width_multiplier", "depth_multiplier")
+              if model.get(k, 1.0) != 1.0]
+    return model.variant + (f" ({', '.join(scaled)})" if scaled else "")
+  return "CNN baseline" if model.name == "cnn" else model.name
 
 
 def evaluate_and_report(workdir: str, config, data: ImageSet, name: str, checkpoint: str, tta_name: str,

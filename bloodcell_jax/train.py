@@ -112,8 +112,11 @@ def architecture_signature(config: ml_collections.ConfigDict) -> dict:
 
   (Compute dtype, dropout rates and the depthwise implementation may change on resume.)
   """
-  keys = ("name", "variant", "depths", "dims")
-  return json.loads(json.dumps({k: config.model.get(k) for k in keys} | {"num_classes": NUM_CLASSES}))
+  signature = {k: config.model.get(k) for k in ("name", "variant", "depths", "dims")}
+  for key in ("width_multiplier", "depth_multiplier"):  # absent (older runs) and 1.0 mean the same
+    if config.model.get(key, 1.0) != 1.0:
+      signature[key] = config.model.get(key)
+  return json.loads(json.dumps(signature | {"num_classes": NUM_CLASSES}))
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -1,4 +1,4 @@
-"""Shared settings of the ConvNeXt configs meant for a GPU or TPU (convnext_<size>.py).
+"""Shared settings of the configs meant for a GPU or TPU (convnext_<size>.py, efficientnet*.py).
 
 96x96 inputs (the data's native size; ConvNeXt is fully convolutional), bfloat16 compute with
 float32 parameters and optimiser state, Lion with balanced class weights. From scratch by default;
@@ -27,4 +27,20 @@ def convnext_config(variant: str):
   config.train.batch_size = 128
   config.train.num_epochs = 60
   config.train.early_stopping_patience = 15
+  return config
+
+
+# timm's training recipes: (classifier dropout, stochastic depth) per EfficientNet-family variant.
+EFFICIENTNET_REGULARISATION = {"efficientnet_b0": (0.2, 0.2), "tf_efficientnetv2_s": (0.2, 0.2),
+                               "tf_efficientnetv2_m": (0.3, 0.2), "mobilenetv3_small_100": (0.2, 0.0)}
+
+
+def efficientnet_config(variant: str):
+  """EfficientNet / EfficientNetV2 / MobileNetV3 (timm's name in `variant`) with BatchNorm; to
+  fine-tune ImageNet weights, port them once (`python -m bloodcell_jax.pretrained
+  efficientnet_b0.ra_in1k`) and add `--config.model.init_from=efficientnet_b0.ra_in1k`."""
+  config = convnext_config("tiny")
+  config.model.name = "efficientnet"
+  config.model.variant = variant
+  config.model.head_dropout, config.model.drop_path_rate = EFFICIENTNET_REGULARISATION[variant]
   return config

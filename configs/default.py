@@ -30,10 +30,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.std = IMAGENET_STD
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "convnext"  # "convnext" or "cnn"
-  config.model.variant = "atto"  # ConvNeXt: atto femto pico nano tiny small base large xlarge
+  config.model.name = "convnext"  # "convnext", "efficientnet" (also MobileNetV3) or "cnn"
+  config.model.variant = "atto"  # ConvNeXt: atto ... xlarge; efficientnet: timm's name, e.g. efficientnet_b0
   config.model.depths = ()  # non-empty: overrides the variant's blocks per stage
   config.model.dims = ()  # non-empty: overrides the variant's channels per stage
+  config.model.width_multiplier = 1.0  # efficientnet family: scales the variant's channels (timm's rounding)
+  config.model.depth_multiplier = 1.0  # efficientnet family: scales the variant's blocks per stage
   config.model.drop_path_rate = 0.1
   config.model.head_dropout = 0.0
   config.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters stay float32)

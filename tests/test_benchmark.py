@@ -34,3 +34,16 @@ def test_benchmark_reports_every_figure(tmp_path, capsys):
   assert result["host_pipeline_over_step"] > 0
   out = capsys.readouterr().out
   assert "train+aug img/s" in out and "peak FLOP/s of" in out
+
+
+def test_benchmark_runs_a_batchnorm_model(tmp_path):
+  """The EfficientNet family (BatchNorm statistics in the train state) through the same benchmark."""
+  config = tiny_config(**{"data.augment": "none", "model.name": "efficientnet",
+                          "model.variant": "mobilenetv3_small_100", "model.width_multiplier": 0.25,
+                          "model.depth_multiplier": 0.1})
+  report = benchmark.run_benchmark(config, str(tmp_path), batch_sizes=[8], dtypes=["float32"], steps=1,
+                                   repeats=1, warmup=1)
+  (result,) = report["results"]
+  assert set(k for k in result if k.startswith("train_augment_")) == {"train_augment_none"}
+  assert result["train_augment_none"]["images_per_s"] > 0 and result["eval"]["images_per_s"] > 0
+  assert result["train_augment_none"]["flops_per_step"] > 0

@@ -1,5 +1,6 @@
 """Builds a model from `config.model`; one entry per architecture family."""
 
+import dataclasses
 from collections.abc import Callable
 
 import jax.numpy as jnp
@@ -36,8 +37,14 @@ def _efficientnet(cfg: ml_collections.ConfigDict, num_classes: int, dtype) -> nn
   """EfficientNet B0-B3 / V2 S-L and MobileNetV3 Small/Large (`model.variant` = timm's model name)."""
   if cfg.variant not in efficientnet.VARIANTS:
     raise ValueError(f"unknown {cfg.name} variant {cfg.variant!r}; choose one of {', '.join(efficientnet.VARIANTS)}")
+  arch = efficientnet.VARIANTS[cfg.variant]
+  width, depth = cfg.get("width_multiplier", 1.0), cfg.get("depth_multiplier", 1.0)
+  if width <= 0 or depth <= 0:
+    raise ValueError(f"model.width_multiplier={width} and model.depth_multiplier={depth} must be positive")
+  arch = dataclasses.replace(arch, channel_multiplier=arch.channel_multiplier * width,
+                             depth_multiplier=arch.depth_multiplier * depth)
   return efficientnet.EfficientNet(
-      num_classes=num_classes, arch=efficientnet.VARIANTS[cfg.variant], drop_path_rate=cfg.drop_path_rate,
+      num_classes=num_classes, arch=arch, drop_path_rate=cfg.drop_path_rate,
       head_dropout=cfg.head_dropout, depthwise_impl=cfg.depthwise_impl, axis_name=BATCH_AXIS, dtype=dtype)
 
 

@@ -1,7 +1,8 @@
 """python -m bloodcell_jax.pretrained SOURCE [--name NAME] [--out DIR] [--overwrite]
 
-SOURCE: a timm model name (fetched from the Hugging Face Hub, e.g. convnext_base.fb_in22k_ft_in1k),
-a .safetensors / .pth / .bin file (timm or facebookresearch/ConvNeXt keys), or a Hugging Face
+SOURCE: a timm model name (fetched from the Hugging Face Hub, e.g. convnext_base.fb_in22k_ft_in1k,
+efficientnet_b0.ra_in1k, tf_efficientnetv2_s.in21k_ft_in1k, mobilenetv3_small_100.lamb_in1k), a
+.safetensors / .pth / .bin file (timm or facebookresearch/ConvNeXt keys), or a Hugging Face
 ConvNextForImageClassification directory. Writes checkpoints/pretrained/<name>/.
 """
 
@@ -27,7 +28,8 @@ def normalisation(source_config: dict) -> tuple[list, list]:
   return [float(m) for m in mean], [float(s) for s in std]
 
 
-def port(source: str, name: str | None = None, out: str = DEFAULT_ROOT, overwrite: bool = False) -> str:
+def port(source: str, name: str | None = None, out: str = DEFAULT_ROOT, overwrite: bool = False,
+         variant: str | None = None) -> str:
   if os.path.exists(source):
     path = source
   elif os.sep in source or source.endswith((".safetensors", ".pth", ".pt", ".bin")):
@@ -39,17 +41,18 @@ def port(source: str, name: str | None = None, out: str = DEFAULT_ROOT, overwrit
   if os.path.exists(preprocessor):
     with open(preprocessor) as f:
       source_config = {**source_config, **json.load(f)}
-  converted = convert(tensors, read_path)
+  converted = convert(tensors, source if not os.path.exists(source) else read_path, variant)
   mean, std = normalisation(source_config)
   name = name or (source if not os.path.exists(source) else
                   os.path.splitext(os.path.basename(os.path.normpath(source)))[0])
   meta = {"name": name, "source": source, "file": os.path.abspath(read_path), "sha256": sha256_of(read_path),
-          "scheme": converted.scheme, "variant": converted.variant, "depths": list(converted.depths),
+          "family": converted.family, "scheme": converted.scheme, "variant": converted.variant,
+          "depths": list(converted.depths),
           "dims": list(converted.dims), "num_classes": converted.num_classes, "mean": mean, "std": std,
           "key_report": {"source_keys": len(tensors), "mapped": len(converted.key_map), "unexpected": [],
                          "missing": [], "map": converted.key_map}}
-  directory = save(os.path.join(out, name), converted.params, meta, overwrite)
-  print(f"ported {len(converted.key_map)} tensors ({converted.scheme} names, ConvNeXt {converted.variant}, "
+  directory = save(os.path.join(out, name), converted.params, meta, overwrite, converted.model_state)
+  print(f"ported {len(converted.key_map)} tensors ({converted.scheme} names, {converted.family} {converted.variant}, "
         f"{converted.num_classes}-class head) from {read_path} to {directory}")
   return directory
 
@@ -60,8 +63,10 @@ def main(argv=None) -> int:
   parser.add_argument("--name", help="directory name under --out (default: the timm name or file name)")
   parser.add_argument("--out", default=DEFAULT_ROOT)
   parser.add_argument("--overwrite", action="store_true")
+  parser.add_argument("--variant", help="EfficientNet family: timm's model name where the file's name does not "
+                      "tell it (efficientnet_b0 and tf_efficientnet_b0 have the same shapes)")
   args = parser.parse_args(argv)
-  return cli_exit_status(lambda: port(args.source, args.name, args.out, args.overwrite))
+  return cli_exit_status(lambda: port(args.source, args.name, args.out, args.overwrite, args.variant))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,14 @@
+"""EfficientNetV2-S (timm's `tf_efficientnetv2_s`, TensorFlow "SAME" padding, 20.2M parameters with
+8 classes) on pbc96 at 96x96, bfloat16, for a GPU or TPU; one of the report's comparison models.
+
+ImageNet-21k weights: `python -m bloodcell_jax.pretrained tf_efficientnetv2_s.in21k_ft_in1k`, then
+`--config.model.init_from=tf_efficientnetv2_s.in21k_ft_in1k`.
+
+Result: not measured yet (no accelerator in the session that wrote it); record it here with the machine.
+"""
+
+from configs.accelerator import efficientnet_config
+
+
+def get_config():
+  return efficientnet_config("tf_efficientnetv2_s")
