@@ -5,7 +5,8 @@
 Each run directory is read, not re-evaluated: config.json (model, image size), run.json
 (parameters, machine), metrics.jsonl (epochs, training time, the best epoch's train accuracy) and
 report/<name>/metrics.json (validation and test figures of the best checkpoint, written at the end
-of training and by `--mode=eval`). Figures a run lacks are shown as "n/a".
+of training and by `--mode=eval`; "val corrupted accuracy" is the mean over the corruptions of
+`--mode=eval --corruptions=...`). Figures a run lacks are shown as "n/a".
 """
 
 import csv
@@ -23,8 +24,8 @@ from bloodcell_jax.inference import REPORT_DIR, describe_model
 from bloodcell_jax.report import load_history
 
 COLUMNS = ("run", "model", "parameters", "image size", "epochs", "train accuracy", "val accuracy",
-           "val balanced accuracy", "val precision", "val recall", "val AUC", "test accuracy",
-           "test accuracy (TTA)", "training time", "device")
+           "val balanced accuracy", "val precision", "val recall", "val AUC", "val accuracy (TTA)",
+           "val corrupted accuracy", "test accuracy", "test accuracy (TTA)", "training time", "device")
 
 
 def _read_json(path: str):
@@ -75,6 +76,8 @@ def run_row(workdir: str, test: str | None) -> dict:
       "val precision": _num(val.get("macro_precision")),
       "val recall": _num(val.get("macro_recall")),
       "val AUC": _num(val.get("macro_auc")),
+      "val accuracy (TTA)": _num(validation.get("tta", {}).get("accuracy")),
+      "val corrupted accuracy": _num(validation.get("robustness", {}).get("mean_corrupted_accuracy")),
       "test accuracy": _num((test_metrics or {}).get("accuracy")),
       "test accuracy (TTA)": _num((test_metrics or {}).get("tta", {}).get("accuracy")),
       "training time": _minutes(sum(row["time_s"] for row in history)) if history else "n/a",

@@ -210,3 +210,36 @@ def test_port_command_and_fine_tuning_start(tmp_path):
   np.testing.assert_array_equal(params["conv_stem"]["kernel"], tensors["conv_stem.weight"].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(model_state["batch_stats"]["bn1"]["mean"], tensors["bn1.running_mean"])
   assert params["classifier"]["kernel"].shape == (1024, 8)  # fresh head for the 8 classes
+
+
+def test_main_trains_evaluates_and_exports_a_batchnorm_model(tmp_path):
+  """main.py end to end with BatchNorm statistics: train on 2 devices, restore for predict, export;
+  the exported function (weights + statistics) gives the checkpoint's probabilities."""
+  import csv
+  import os
+  import subprocess
+  import sys
+
+  from conftest import ROOT, run_main
+
+  workdir = str(tmp_path / "run")
+  args = ["--config", "configs/mobilenetv3_small.py", "--config.data.source=sample", "--config.data.image_size=32",
+          "--config.model.width_multiplier=0.25", "--config.model.depth_multiplier=0.1",
+          "--config.model.depthwise_impl=xla", "--config.train.batch_size=32", "--config.train.num_epochs=1",
+          "--config.eval.tta=none", f"--workdir={workdir}"]
+  trained = run_main(args, devices=2)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  assert os.path.exists(os.path.join(workdir, "report", "validation", "report.md"))
+  out = str(tmp_path / "pred.csv")
+  predicted = run_main(["--mode=predict", f"--workdir={workdir}", "--data=sample", f"--output={out}"])
+  assert predicted.returncode == 0, predicted.stderr[-3000:]
+  with open(out) as f:
+    rows = list(csv.reader(f))[1:4]
+  exported = run_main(["--mode=export", f"--workdir={workdir}"])
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  files = [os.path.join("bloodcell_jax", "sample_data", "pbc96_sample", r[0]) for r in rows]
+  loader = subprocess.run([sys.executable, os.path.join(workdir, "export", "load_model.py")] + files, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert loader.returncode == 0, loader.stderr[-3000:]
+  exported_probs = np.array([[float(v) for v in line.split(",")[2:]] for line in loader.stdout.splitlines()[1:]])
+  np.testing.assert_allclose(exported_probs, np.array([[float(v) for v in r[3:]] for r in rows]), atol=2e-6)
