@@ -62,7 +62,8 @@ def run_row(workdir: str, test: str | None) -> dict:
   test_metrics = _read_json(os.path.join(workdir, REPORT_DIR, test, "metrics.json")) if test else None
   sessions = info.get("sessions", [])
   devices = sorted({f"{s['local_devices'] * s['processes']} x {s['device_kind']}"
-                    + (f" ({s['host_cpu']})" if s["platform"] == "cpu" else "") for s in sessions})
+                    + (f" ({s['host_cpu']}, {s['cpu_count']} cores)" if s["platform"] == "cpu" else "")
+                    for s in sessions})
   num_params = info.get("num_params", validation.get("num_params"))
   return {
       "run": os.path.basename(os.path.normpath(workdir)),

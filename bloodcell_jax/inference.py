@@ -150,7 +150,7 @@ def evaluate_and_report(workdir: str, config, data: ImageSet, name: str, checkpo
   evaluation = report.Evaluation(data.images, data.labels, data.ids, probs, tta_probs, tta_name)
   directory = os.path.join(workdir, REPORT_DIR, name)
   record = {"data": data_label or "validation split", "num_images": len(data), "checkpoint": checkpoint,
-            "step": model.step, "epoch": best_epoch, "tta": tta_name, "num_params": model.num_params,
+            "step": model.step, "epoch": best_epoch, "tta_views": tta_name, "num_params": model.num_params,
             "device": f"{jax.local_device_count()} x {device.device_kind}", "jax_version": jax.__version__}
   result = report.write_report(directory, evaluation, title=f"{context['run']}: {name}", context=context,
                                record=record, history=history, best_epoch=best_epoch, robustness=robustness)

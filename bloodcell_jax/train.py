@@ -95,9 +95,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def eval_settings(config: ml_collections.ConfigDict) -> dict:
-  """The config's `eval` section, with the defaults for runs recorded before it existed."""
+  """The config's `eval` section, with defaults for runs recorded before it existed (their
+  evaluations use today's default test-time augmentation; their training has ended)."""
   section = config.get("eval") or {}
-  return {"tta": section.get("tta", "none"), "report": section.get("report", False)}
+  return {"tta": section.get("tta", "dihedral"), "report": section.get("report", False)}
 
 
 def step_config(config: ml_collections.ConfigDict) -> StepConfig:
