@@ -26,15 +26,27 @@ def decay_mask(params):
       lambda path, _: str(getattr(path[-1], "key", "")) == "kernel", params)
 
 
+# Top-level modules that come after the last stage: ConvNeXt's head_*, the EfficientNet family's
+# feature head (conv_head, its BatchNorm bn2) and classifier.
+_HEAD_MODULES = ("classifier", "conv_head", "bn2")
+_STEM_MODULES = ("conv_stem", "bn1")
+
+
 def _stage_of(top_name: str) -> int | None:
-  match = re.fullmatch(r"stages_(\d+)", top_name)
-  return int(match.group(1)) if match else None
+  """Stage of a top-level module: ConvNeXt's stages_<i>, the EfficientNet family's blocks_<i>_<j>."""
+  match = re.fullmatch(r"stages_(\d+)|blocks_(\d+)_\d+", top_name)
+  return int(match.group(1) or match.group(2)) if match else None
+
+
+def _is_head(top_name: str) -> bool:
+  return top_name.startswith("head") or top_name in _HEAD_MODULES
 
 
 def trainable_mask(params, trainable: str, unfreeze_stages: int = 0):
   """True for parameters that train.
 
-  "all": everything; "head": modules named head_*; "last_stages": the head plus the last
+  "all": everything; "head": the modules after the last stage (ConvNeXt's head_*; the
+  EfficientNet family's conv_head, bn2, classifier); "last_stages": the head plus the last
   `unfreeze_stages` stages (stem and earlier stages frozen).
   """
   if trainable not in TRAINABLE:
@@ -44,7 +56,7 @@ def trainable_mask(params, trainable: str, unfreeze_stages: int = 0):
 
   def is_trainable(path, _):
     top = _top_name(path)
-    if trainable == "all" or top.startswith("head"):
+    if trainable == "all" or _is_head(top):
       return True
     return trainable == "last_stages" and _stage_of(top) in unfrozen
 
@@ -52,25 +64,33 @@ def trainable_mask(params, trainable: str, unfreeze_stages: int = 0):
 
 
 def layer_index(path: str, depths: tuple[int, ...]) -> int:
-  """Depth of a ConvNeXt parameter for layer-wise decay: stem 0, blocks 1..L (a stage's downsampling
-  with its first block), head L + 1; parameters of other models count as the head."""
-  match = re.match(r"stages_(\d+)/(?:blocks_(\d+)|downsample)", path)
-  if path.startswith("stem"):
+  """Depth of a parameter for layer-wise decay: stem 0, blocks 1..L in order (a ConvNeXt stage's
+  downsampling with its first block), head L + 1; parameters of other models count as the head."""
+  match = re.match(r"stages_(\d+)/(?:blocks_(\d+)|downsample)|blocks_(\d+)_(\d+)/", path)
+  if path.startswith("stem") or path.split("/")[0] in _STEM_MODULES:
     return 0
   if match:
-    stage = int(match.group(1))
-    return 1 + sum(depths[:stage]) + int(match.group(2) or 0)
+    stage = int(match.group(1) or match.group(3))
+    return 1 + sum(depths[:stage]) + int(match.group(2) or match.group(4) or 0)
   return sum(depths) + 1
+
+
+def _blocks_per_stage(params) -> tuple[int, ...]:
+  counts: dict[int, int] = {}
+  for name in params:
+    stage = _stage_of(name)
+    if stage is not None:  # a ConvNeXt stage holds its blocks; an EfficientNet block is its own entry
+      counts[stage] = counts.get(stage, 0) + (
+          len([b for b in params[name] if b.startswith("blocks_")]) if name.startswith("stages_") else 1)
+  return tuple(counts[s] for s in sorted(counts))
 
 
 def layer_scales(params, decay: float):
   """decay^(L + 1 - layer) per parameter: 1 for the head, smallest for the stem."""
-  depths = []
-  for name in sorted(k for k in params if _stage_of(k) is not None):
-    depths.append(len([b for b in params[name] if b.startswith("blocks_")]))
+  depths = _blocks_per_stage(params)
   top = sum(depths) + 1
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: decay ** (top - layer_index("/".join(str(getattr(p, "key", p)) for p in path), tuple(depths))),
+      lambda path, _: decay ** (top - layer_index("/".join(str(getattr(p, "key", p)) for p in path), depths)),
       params)
 
 

@@ -243,3 +243,21 @@ def test_main_trains_evaluates_and_exports_a_batchnorm_model(tmp_path):
   assert loader.returncode == 0, loader.stderr[-3000:]
   exported_probs = np.array([[float(v) for v in line.split(",")[2:]] for line in loader.stdout.splitlines()[1:]])
   np.testing.assert_allclose(exported_probs, np.array([[float(v) for v in r[3:]] for r in rows]), atol=2e-6)
+
+
+def test_freezing_and_layer_decay_know_the_family():
+  """`optim.trainable=head` trains conv_head, bn2 and the classifier; layer decay orders the blocks."""
+  config = _tiny_mobilenet()
+  config.model.variant = "efficientnet_b0"
+  params, _ = split_variables(init_variables(create_model(config.model, 8), 32, seed=0))
+  head_only = optim.trainable_mask(params, "head")
+  assert {k for k, v in head_only.items() if all(jax.tree.leaves(v))} == {"conv_head", "bn2", "classifier"}
+  assert not any(jax.tree.leaves({k: v for k, v in head_only.items() if k not in ("conv_head", "bn2", "classifier")}))
+  last = optim.trainable_mask(params, "last_stages", unfreeze_stages=1)
+  assert all(jax.tree.leaves(last["blocks_6_0"])) and not any(jax.tree.leaves(last["blocks_5_0"]))
+  scales = optim.layer_scales(params, 0.5)
+  blocks = sorted((k for k in params if k.startswith("blocks_")), key=lambda k: tuple(map(int, k.split("_")[1:])))
+  assert len(blocks) == 7  # one block per stage at depth x0.1
+  assert float(scales["conv_stem"]["kernel"]) == 0.5 ** 8 and float(scales["classifier"]["kernel"]) == 1.0
+  assert [float(scales[b]["conv_pwl" if "conv_pwl" in scales[b] else "conv_pw"]["kernel"]) for b in blocks] == [
+      0.5 ** (8 - i) for i in range(1, 8)]

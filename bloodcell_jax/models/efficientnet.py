@@ -7,11 +7,13 @@ blocks (channel rounding, depth scaling, strides, squeeze-excite widths, stochas
 with timm's arithmetic, and one Flax module builds any of them.
 
 Module names mirror timm's state-dict keys (`blocks_1_0/conv_dw/kernel` for
-`blocks.1.0.conv_dw.weight`), so ported weights map by a table of patterns. BatchNorm follows
-PyTorch's numerics (biased batch variance, eps 1e-5, or 1e-3 for the TensorFlow ports); its running
-statistics live in the `batch_stats` collection, are updated from the whole global batch (the
-statistics are averaged over the devices of `axis_name`) in training and frozen in eval. The `tf_`
-variants use TensorFlow's "SAME" padding (extra pixel after), the others timm's symmetric padding.
+`blocks.1.0.conv_dw.weight`), so ported weights map by a table of patterns. BatchNorm keeps its
+running statistics in the `batch_stats` collection; in training it normalises with the statistics
+of the whole global batch (averaged over the devices of `axis_name`) and updates the running ones
+(PyTorch's momentum 0.1 is Flax's 0.9; Flax's running variance uses the biased batch variance,
+PyTorch's the unbiased one, a factor n/(n-1) with n = batch x height x width); in eval it uses the
+running statistics. eps 1e-5, or 1e-3 for the TensorFlow ports (`tf_`), which also use
+TensorFlow's "SAME" padding (extra pixel after) where the others use timm's symmetric padding.
 """
 
 import dataclasses
