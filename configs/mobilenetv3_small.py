@@ -6,7 +6,11 @@ over all devices in training, frozen in evaluation). ImageNet weights: `python -
 bloodcell_jax.pretrained mobilenetv3_small_100.lamb_in1k`, then
 `--config.model.init_from=mobilenetv3_small_100.lamb_in1k`.
 
-Result: RESULT_PENDING
+Result (2026-11-27, 2-core AMD EPYC VM, 24 GB, CPU only, JAX 0.10.2): validation accuracy 0.9685
+for the best checkpoint (epoch 18 of 20; balanced 0.9707, macro F1 0.9665, macro AUC 0.9990,
+calibration error 0.010), 0.9762 with dihedral test-time augmentation; 0.9547 on average under the
+12 corruptions of `--mode=eval --corruptions=all --severity=0.8` (worst: occlusion 0.939); 19.9
+minutes of training, from scratch. Split: stratified 80/20 of ../shared/data/pbc96, split_seed 0.
 """
 
 from configs import default
