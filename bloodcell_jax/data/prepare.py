@@ -34,12 +34,12 @@ def cleaned(images: ImageSet, thresholds: Thresholds, cache_dir: str = CACHE_DIR
   if os.path.exists(cache):
     with open(cache) as f:
       removed = json.load(f)["removed"]
-    logging.info("data.clean: %d images removed (cached in %s)", len(removed), cache)
+    logging.info("data.clean: %d images removed (list read from %s)", len(removed), cache)
   else:
     removed = [f.index for f in find_problems(images.images, images.labels, thresholds)]
     os.makedirs(cache_dir, exist_ok=True)
     write_json_atomic(cache, {"removed": removed, "thresholds": vars(thresholds)})
-    logging.info("data.clean: %d images removed (cached in %s)", len(removed), cache)
+    logging.info("data.clean: %d images removed (list saved to %s)", len(removed), cache)
   keep = np.ones(len(images), bool)
   keep[removed] = False
   return images.subset(np.flatnonzero(keep))
