@@ -119,7 +119,7 @@ def test_eval_without_a_run_is_a_clear_error(tmp_path):
 def test_early_stopping_when_the_metric_stops_improving(tmp_path):
   # With a zero learning rate nothing changes after epoch 1, so patience 1 stops after epoch 2.
   workdir = str(tmp_path / "run")
-  result = run_main(TINY + [f"--workdir={workdir}", "--config.optim.learning_rate=0.0",
+  result = run_main(TINY + [f"--workdir={workdir}", "--config.optim.learning_rate=0.0", "--config.eval.report=False",
                             "--config.train.early_stopping_patience=1", "--config.train.num_epochs=5"])
   assert result.returncode == 0, result.stderr[-3000:]
   assert [r["epoch"] for r in _rows(workdir)] == [0, 1]

@@ -9,7 +9,8 @@ import sys
 
 from conftest import ROOT, run_main
 
-ARGS = ["--config", "configs/quickstart.py", "--config.data.image_size=32", "--config.model.depths=(1,1,1,1)",
+ARGS = ["--config", "configs/quickstart.py", "--config.eval.report=False",
+        "--config.data.image_size=32", "--config.model.depths=(1,1,1,1)",
         "--config.model.dims=(8,16,24,32)", "--config.train.batch_size=16", "--config.model.drop_path_rate=0.0",
         # AdamW, not Lion, for the comparison with one process: sign(update) amplifies rounding.
         "--config.optim.name=adamw"]

@@ -197,7 +197,8 @@ def test_finetune_from_ported_weights_then_restore_gives_the_same_parameters(tmp
   directory = port(str(tmp_path / "hf"), name="toy", out=str(tmp_path / "pretrained"))
   pretrained_params, _ = load(directory)
   workdir = tmp_path / "run"
-  result = run_main(["--config", "configs/quickstart.py", f"--workdir={workdir}", f"--config.model.init_from={directory}",
+  result = run_main(["--config", "configs/quickstart.py", "--config.eval.report=False", f"--workdir={workdir}",
+                     f"--config.model.init_from={directory}",
                      "--config.data.image_size=32", "--config.train.num_epochs=1", "--config.train.batch_size=32",
                      "--config.optim.learning_rate=1e-4", "--config.optim.layer_decay=0.7",
                      "--config.model.drop_path_rate=0"])
