@@ -135,7 +135,8 @@ def _tiny_mobilenet():
   return config
 
 
-@pytest.mark.parametrize("variant", ["efficientnet_b0", "tf_efficientnetv2_s"])  # MobileNetV3: the next test
+# EfficientNetV2 here; EfficientNet-B0 trains in the next test, MobileNetV3 end to end below.
+@pytest.mark.parametrize("variant", ["tf_efficientnetv2_s"])
 def test_each_family_trains_and_keeps_batchnorm_statistics(variant):
   config = _tiny_mobilenet()
   config.model.variant = variant
@@ -162,6 +163,7 @@ def test_each_family_trains_and_keeps_batchnorm_statistics(variant):
 def test_batchnorm_statistics_come_from_the_global_batch():
   """Two devices with half the batch each give the running statistics of one device with all of it."""
   config = _tiny_mobilenet()
+  config.model.variant = "efficientnet_b0"
   model = create_model(config.model, 8)
   params, model_state = split_variables(init_variables(model, 32, seed=0))
   tx = optim.create_optimizer(config.optim, params, optim.learning_rate_schedule(config.optim, 10, 1))

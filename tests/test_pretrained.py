@@ -53,7 +53,7 @@ def _ours(converted, impl="xla"):
                   depthwise_impl=impl)
 
 
-@pytest.mark.parametrize("variant", ["atto", "tiny", "base"])
+@pytest.mark.parametrize("variant", ["atto", "tiny"])
 def test_logits_equal_huggingface_convnext(variant):
   reference = _hf_model(*VARIANTS[variant])
   converted = convert(_state_dict(reference), variant)

@@ -44,7 +44,7 @@ def _train(num_devices, config, batches, weights):
   return losses, unreplicate(state)
 
 
-@pytest.mark.parametrize("optimizer", ["lion", "adamw"])
+@pytest.mark.parametrize("optimizer", ["lion"])  # AdamW's device-count invariance: test_multihost
 def test_loss_and_params_do_not_depend_on_device_count(optimizer):
   if jax.local_device_count() < 4:
     pytest.skip("needs 4 (fake) devices: XLA_FLAGS=--xla_force_host_platform_device_count=4")
