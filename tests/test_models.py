@@ -7,7 +7,9 @@ import pytest
 from bloodcell_jax.models import create_model
 from bloodcell_jax.models.cnn import SimpleCNN
 from bloodcell_jax.models.convnext import VARIANTS, ConvNeXt
+from bloodcell_jax.models.activations import gelu
 from bloodcell_jax.models.depthwise import DepthwiseConv, depthwise_conv
+from bloodcell_jax.models.patch_conv import PatchConv
 
 
 def _param_count(model, size=32):
@@ -57,12 +59,64 @@ def test_depthwise_shift_and_xla_agree_and_match_flax_grouped_conv():
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_depthwise_implementations_give_identical_gradients():
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4))
-  k = jax.random.normal(jax.random.PRNGKey(1), (7, 7, 1, 4))
-  grads = [jax.grad(lambda k, x: jnp.sum(jnp.sin(depthwise_conv(x, k, impl))), argnums=(0, 1))(k, x)
-           for impl in ("shift", "xla")]
-  for a, b in zip(*grads):
+@pytest.mark.parametrize("size,kernel,stride,padding", [
+    ((9, 11), 7, 1, "SAME"), ((9, 11), 3, 2, "SAME"), ((67, 67), 3, 2, "SAME"), ((9, 12), 5, 2, ((1, 2), (2, 1))),
+    ((11, 13), 5, 3, ((2, 2), (1, 3)))])
+def test_depthwise_implementations_give_identical_outputs_and_gradients(size, kernel, stride, padding):
+  """`shift`'s hand-written VJP (flipped-kernel input gradient, one-pass kernel gradient) equals
+  autodiff of the same sum and of XLA's grouped convolution, exactly in float64, for the strides
+  and paddings ConvNeXt and the EfficientNets use (TF "same" padding at 67 px is asymmetric)."""
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, *size, 4), jnp.float64)
+    k = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 1, 4), jnp.float64)
+    results = []
+    for impl in ("shift", "shift_autodiff", "xla"):
+      loss = lambda k, x: jnp.sum(jnp.sin(depthwise_conv(x, k, impl, stride, padding)))
+      results.append((depthwise_conv(x, k, impl, stride, padding), *jax.grad(loss, argnums=(0, 1))(k, x)))
+    for ours, autodiff, grouped in zip(*results):
+      np.testing.assert_allclose(ours, autodiff, rtol=1e-12, atol=1e-12)
+      np.testing.assert_allclose(ours, grouped, rtol=1e-10, atol=1e-10)
+
+
+def test_depthwise_kernel_gradient_accumulates_bfloat16_in_float32():
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, 24, 24, 16))
+  k = jax.random.normal(jax.random.PRNGKey(1), (7, 7, 1, 16)) * 0.1
+  g = jax.random.normal(jax.random.PRNGKey(2), (8, 24, 24, 16))
+
+  def kernel_grad(dtype):
+    _, pull = jax.vjp(lambda k: depthwise_conv(x.astype(dtype), k, "shift"), k.astype(dtype))
+    return pull(g.astype(dtype))[0].astype(jnp.float32)
+
+  exact = kernel_grad(jnp.float32)
+  # Inputs rounded to bfloat16 leave ~0.4% relative error per product; summed in bfloat16 over
+  # 4,608 positions the error would grow far beyond that.
+  np.testing.assert_allclose(kernel_grad(jnp.bfloat16), exact, rtol=0.02, atol=0.02 * float(jnp.std(exact)))
+
+
+def test_exact_gelu_and_its_derivative_equal_jax_erfc_form():
+  with jax.enable_x64(True):
+    x = jnp.linspace(-12.0, 12.0, 20001, dtype=jnp.float64)
+    np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), rtol=1e-12, atol=1e-15)
+    ours = jax.vmap(jax.grad(gelu))(x)
+    reference = jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=False)))(x)
+    np.testing.assert_allclose(ours, reference, rtol=1e-12, atol=1e-15)
+  # float32: within PyTorch's erf-form rounding of the erfc form
+  x32 = x.astype(jnp.float32)
+  np.testing.assert_allclose(gelu(x32), jax.nn.gelu(x32, approximate=False), atol=2e-6)
+
+
+@pytest.mark.parametrize("size,patch", [((32, 32), 4), ((27, 30), 4), ((13, 9), 2)])
+def test_patch_conv_equals_flax_strided_conv_with_the_same_parameters(size, patch):
+  from flax import linen as nn
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, *size, 5))
+  reference = nn.Conv(7, (patch, patch), strides=(patch, patch), padding="VALID")
+  params = jax.tree.map(lambda p: p + 0.1, reference.init(jax.random.PRNGKey(1), x))
+  ours = PatchConv(7, patch)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(jnp.shape, params)
+  np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), atol=1e-5, rtol=1e-5)
+  loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+  for a, b in zip(jax.tree.leaves(jax.grad(loss(ours), argnums=(0, 1))(params, x)),
+                  jax.tree.leaves(jax.grad(loss(reference), argnums=(0, 1))(params, x))):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 

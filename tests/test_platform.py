@@ -1,4 +1,5 @@
 import os
+import platform
 import subprocess
 import sys
 
@@ -22,3 +23,28 @@ def test_user_choice_of_platform_wins(monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "cuda")
   platform_setup.select_backend()
   assert os.environ["JAX_PLATFORMS"] == "cuda"
+
+
+_REALLOCATION_FAULTS = """
+import bloodcell_jax, numpy as np, resource
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+a = np.ones(50_000_000 // 8); del a  # 50 MB: above glibc's mmap threshold
+before = faults(); a = np.ones(50_000_000 // 8); print(faults() - before)
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                    reason="the allocator setting is for glibc on Linux")
+def test_cpu_backend_reuses_freed_host_memory_unless_the_user_tuned_malloc():
+  """Freed blocks come back without page faults on the CPU backend (XLA frees each step's
+  buffers); with the user's own GLIBC_TUNABLES we leave glibc alone and they fault again."""
+  base = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")}
+
+  def faults(**extra):
+    result = subprocess.run([sys.executable, "-c", _REALLOCATION_FAULTS], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**base, "JAX_PLATFORMS": "cpu", **extra})
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.strip())
+
+  assert faults() <= 2
+  assert faults(GLIBC_TUNABLES="glibc.malloc.check=0") >= 20

@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from bloodcell_jax.models.activations import gelu
 from bloodcell_jax.models.depthwise import DepthwiseConv
+from bloodcell_jax.models.patch_conv import PatchConv
 
 # name: (blocks per stage, channels per stage), as in timm.
 VARIANTS = {
@@ -66,7 +68,7 @@ class ConvNeXtBlock(nn.Module):
     x = DepthwiseConv(7, self.depthwise_impl, self.dtype, name="conv_dw")(x)
     x = _layer_norm("norm", self.dtype)(x)
     x = nn.Dense(self.mlp_ratio * dim, dtype=self.dtype, kernel_init=_dense_init, name="mlp_fc1")(x)
-    x = nn.gelu(x, approximate=False)
+    x = gelu(x)
     x = nn.Dense(dim, dtype=self.dtype, kernel_init=_dense_init, name="mlp_fc2")(x)
     gamma = self.param("gamma", nn.initializers.constant(self.layer_scale_init), (dim,))
     x = x * gamma.astype(x.dtype)
@@ -87,8 +89,7 @@ class ConvNeXtStage(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     if self.downsample:
       x = _layer_norm("downsample_0", self.dtype)(x)
-      x = nn.Conv(self.dim, (2, 2), strides=(2, 2), padding="VALID", dtype=self.dtype,
-                  kernel_init=_dense_init, name="downsample_1")(x)
+      x = PatchConv(self.dim, 2, dtype=self.dtype, kernel_init=_dense_init, name="downsample_1")(x)
     for i in range(self.depth):
       x = ConvNeXtBlock(self.drop_paths[i], depthwise_impl=self.depthwise_impl, dtype=self.dtype,
                         name=f"blocks_{i}")(x, train)
@@ -108,8 +109,7 @@ class ConvNeXt(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = nn.Conv(self.dims[0], (4, 4), strides=(4, 4), padding="VALID", dtype=self.dtype,
-                kernel_init=_dense_init, name="stem_0")(x)
+    x = PatchConv(self.dims[0], 4, dtype=self.dtype, kernel_init=_dense_init, name="stem_0")(x)
     x = _layer_norm("stem_1", self.dtype)(x)
     rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
     first = 0

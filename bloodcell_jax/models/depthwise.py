@@ -1,19 +1,27 @@
-"""A depthwise convolution with two interchangeable implementations and one parameter tree.
+"""A depthwise convolution with interchangeable implementations and one parameter tree.
 
 XLA runs grouped convolutions (feature_group_count == channels) slowly on CPU, and on GPU their
-backward pass is slow too; a k x k depthwise convolution written as k*k shifted multiply-adds,
-which XLA fuses into one memory-bound loop, trains faster on both. Measured: ConvNeXt-T, 96x96,
-train step images/s, CPU (2-core EPYC, fp32, batch 32) 14.3 shift vs 9.6 grouped; H100 (bf16,
-batch 256) 8419 vs 6654 (though eval alone is faster grouped: 53k vs 42k). TPUs keep the
-grouped convolution (not measured here). `impl="auto"` picks per backend at trace time. Both
-use the kernel layout of `flax.linen.Conv(feature_group_count=C)`: (k, k, 1, C).
+backward pass is slow too. A k x k depthwise convolution written as k*k shifted multiply-adds
+fuses into one memory-bound loop instead. Its gradient needs the same care: left to autodiff, the
+kernel gradient becomes k*k separate reductions, each reading the whole input and output gradient
+again (94 ms of a 108 ms forward+backward at ConvNeXt-T's first stage on a 2-core CPU). `shift`
+therefore carries its own VJP: the input gradient is the same shift-add with the flipped kernel
+over the (dilated, re-padded) output gradient, and the kernel gradient is one variadic reduction
+with k*k accumulators (float32) over a single pass (10 ms). `shift_autodiff` keeps autodiff's
+gradient, for comparison in benchmarks. Measured figures: docs/benchmarks.md. `impl="auto"` picks
+per backend at trace time (TPUs keep the grouped convolution, not measured here). All use the
+kernel layout of `flax.linen.Conv(feature_group_count=C)`: (k, k, 1, C).
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-IMPLEMENTATIONS = ("auto", "xla", "shift")
+IMPLEMENTATIONS = ("auto", "xla", "shift", "shift_autodiff")
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
 def resolve_impl(impl: str) -> str:
@@ -33,26 +41,79 @@ def explicit_padding(size: int, kernel: int, stride: int, padding) -> tuple[int,
   return total // 2, total - total // 2
 
 
+def _windows(padded: jax.Array, k: int, stride: int, height: int, width: int):
+  """The k*k strided (height, width) windows of a padded NHWC array, row-major over the kernel."""
+  for i in range(k):
+    for j in range(k):
+      yield padded[:, i:i + stride * (height - 1) + 1:stride, j:j + stride * (width - 1) + 1:stride, :]
+
+
+def _output_size(size: int, k: int, stride: int, pads: tuple[int, int]) -> int:
+  return (size + pads[0] + pads[1] - k) // stride + 1
+
+
+def _shift_add(x: jax.Array, kernel: jax.Array, stride: int, pads: Pads) -> jax.Array:
+  k = kernel.shape[0]
+  padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  height, width = (_output_size(x.shape[axis], k, stride, pads[axis - 1]) for axis in (1, 2))
+  out = None
+  for window, weight in zip(_windows(padded, k, stride, height, width), kernel.reshape(k * k, -1)):
+    term = window * weight
+    out = term if out is None else out + term
+  return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _shift_add_fused_grad(x: jax.Array, kernel: jax.Array, stride: int, pads: Pads) -> jax.Array:
+  return _shift_add(x, kernel, stride, pads)
+
+
+def _forward(x, kernel, stride, pads):
+  return _shift_add(x, kernel, stride, pads), (x, kernel)
+
+
+def _backward(stride, pads, residuals, grad):
+  x, kernel = residuals
+  k = kernel.shape[0]
+  # Input gradient: a stride-1 shift-add of the flipped kernel over the output gradient, dilated by
+  # the stride and padded (negative padding crops) so that the result has the input's shape.
+  grad_pads = []
+  for axis in (1, 2):
+    dilated = (grad.shape[axis] - 1) * stride + 1
+    low = k - 1 - pads[axis - 1][0]
+    grad_pads.append((low, x.shape[axis] + k - 1 - dilated - low, stride - 1))
+  dilated_grad = jax.lax.pad(grad, jnp.zeros((), grad.dtype), ((0, 0, 0), *grad_pads, (0, 0, 0)))
+  x_grad = _shift_add(dilated_grad, kernel[::-1, ::-1], 1, ((0, 0), (0, 0)))
+  # Kernel gradient: all k*k sums of window * grad in one pass (a variadic reduction), accumulated
+  # in float32 at least (bfloat16 sums over a whole batch would lose the gradient's low bits).
+  padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  accumulate = jnp.promote_types(grad.dtype, jnp.float32)
+  wide_grad = grad.astype(accumulate)
+  products = tuple(window.astype(accumulate) * wide_grad
+                   for window in _windows(padded, k, stride, grad.shape[1], grad.shape[2]))
+  sums = jax.lax.reduce(products, (jnp.zeros((), accumulate),) * len(products),
+                        lambda a, b: tuple(u + v for u, v in zip(a, b)), (0, 1, 2))
+  kernel_grad = jnp.stack(sums).reshape(kernel.shape).astype(kernel.dtype)
+  return x_grad.astype(x.dtype), kernel_grad
+
+
+_shift_add_fused_grad.defvjp(_forward, _backward)
+
+
 def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: str, stride: int = 1, padding="SAME") -> jax.Array:
   """Depthwise convolution of NHWC `x` with a (k, k, 1, C) kernel; `padding` is "SAME" or
   ((top, bottom), (left, right))."""
   k = kernel.shape[0]
-  pads = [explicit_padding(x.shape[axis], k, stride, padding if padding == "SAME" else padding[axis - 1])
-          for axis in (1, 2)]
-  if resolve_impl(impl) == "xla":
+  pads = tuple(explicit_padding(x.shape[axis], k, stride, padding if padding == "SAME" else padding[axis - 1])
+               for axis in (1, 2))
+  impl = resolve_impl(impl)
+  if impl == "xla":
     return jax.lax.conv_general_dilated(
         x, kernel, window_strides=(stride, stride), padding=pads,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
-  padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-  height = (padded.shape[1] - k) // stride + 1
-  width = (padded.shape[2] - k) // stride + 1
-  out = None
-  for i in range(k):
-    for j in range(k):
-      window = padded[:, i:i + stride * (height - 1) + 1:stride, j:j + stride * (width - 1) + 1:stride, :]
-      term = window * kernel[i, j, 0]
-      out = term if out is None else out + term
-  return out
+  if impl == "shift_autodiff":
+    return _shift_add(x, kernel, stride, pads)
+  return _shift_add_fused_grad(x, kernel, stride, pads)
 
 
 class DepthwiseConv(nn.Module):

@@ -1,0 +1,40 @@
+"""A k x k convolution with stride k (patchify), written as a reshape and one matrix multiply.
+
+ConvNeXt's stem (4x4, stride 4) and downsampling layers (2x2, stride 2) see each input pixel
+once, so they are a dense layer over non-overlapping patches. XLA:CPU ran them as generic
+convolutions, slowly in the backward pass; as a matmul they take the fast dot path on every
+backend. Parameters are those of `flax.linen.Conv` (kernel (k, k, in, out), bias), so ported
+weights and checkpoints do not change. Like a VALID convolution, rows and columns that do not
+fill a whole patch are dropped.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+
+def patchify(x: jax.Array, patch: int) -> jax.Array:
+  """(B, H, W, C) -> (B, H // patch, W // patch, patch * patch * C), patch pixels row-major."""
+  batch, height, width, channels = x.shape
+  rows, cols = height // patch, width // patch
+  x = x[:, :rows * patch, :cols * patch]
+  x = x.reshape(batch, rows, patch, cols, patch, channels).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(batch, rows, cols, patch * patch * channels)
+
+
+class PatchConv(nn.Module):
+  """`nn.Conv(features, (patch, patch), strides=(patch, patch), padding="VALID")` as a matmul."""
+
+  features: int
+  patch: int
+  dtype: jnp.dtype | None = None
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (self.patch, self.patch, channels, self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    patches = patchify(x, self.patch)
+    return patches @ kernel.reshape(-1, self.features) + bias
