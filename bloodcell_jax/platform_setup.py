@@ -47,7 +47,8 @@ def wants_allocator_tuning() -> bool:
     return False
   if os.environ.get("JAX_PLATFORMS", os.environ.get("JAX_PLATFORM_NAME", "")).split(",")[0] != "cpu":
     return False
-  return not any(name == "GLIBC_TUNABLES" or name.startswith("MALLOC_") for name in os.environ)
+  return not any((name == "GLIBC_TUNABLES" or name.startswith("MALLOC_")) and value
+                 for name, value in os.environ.items())
 
 
 def keep_freed_host_memory() -> bool:
