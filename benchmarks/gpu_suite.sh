@@ -1,7 +1,7 @@
 #!/bin/bash
 # One prepared run for a GPU machine: every figure docs/benchmarks.md asks of an accelerator, in
 # one go. JAX (main.py --mode=benchmark) for ConvNeXt-T (bf16 and fp32, the heavy augmentation
-# policy on and off; the depthwise gradient by autodiff for comparison) and ConvNeXt-B (bf16), then timm on PyTorch (eager and torch.compile) at the
+# policy on and off; the hand-written depthwise VJP against autodiff's) and ConvNeXt-B (bf16), then timm on PyTorch (eager and torch.compile) at the
 # same batch, resolution and dtype, with the JAX/torch ratio. Results land in $RESULTS.
 #
 #   RESULTS=/tmp/results bash benchmarks/gpu_suite.sh
@@ -28,11 +28,11 @@ timeout 300 $PY main.py --mode=benchmark --config "$TINY_CONFIG" --config.data.i
   --config.data.augment=heavy --bench_batch_sizes="$BATCH" --bench_dtypes=bfloat16,float32 \
   --bench_steps="$STEPS" --workdir "$WORK/tiny" && cp "$WORK/tiny/benchmark.json" "$RESULTS/jax_convnext_tiny.json"
 
-echo "== JAX ConvNeXt-T, depthwise gradient by autodiff (the variant measured before the hand-written VJP)"
+echo "== JAX ConvNeXt-T, the hand-written depthwise VJP (auto picks autodiff's gradient on GPUs until this is measured)"
 timeout 150 $PY main.py --mode=benchmark --config "$TINY_CONFIG" --config.data.image_size="$SIZE" \
-  --config.data.augment=none --config.model.depthwise_impl=shift_autodiff --bench_batch_sizes="$BATCH" \
-  --bench_dtypes=bfloat16 --bench_steps="$STEPS" --workdir "$WORK/tiny_autodiff" \
-  && cp "$WORK/tiny_autodiff/benchmark.json" "$RESULTS/jax_convnext_tiny_dw_autodiff.json"
+  --config.data.augment=none --config.model.depthwise_impl=shift --bench_batch_sizes="$BATCH" \
+  --bench_dtypes=bfloat16 --bench_steps="$STEPS" --workdir "$WORK/tiny_vjp" \
+  && cp "$WORK/tiny_vjp/benchmark.json" "$RESULTS/jax_convnext_tiny_dw_vjp.json"
 
 echo "== PyTorch ConvNeXt-T"
 timeout 240 $PY benchmarks/torch_side_by_side.py --impl "$IMPL" --model convnext_tiny --drop_path 0.1 \

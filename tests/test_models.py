@@ -54,7 +54,7 @@ def test_depthwise_shift_and_xla_agree_and_match_flax_grouped_conv():
   params = reference.init(jax.random.PRNGKey(1), x)
   params = jax.tree.map(lambda p: p + 0.1, params)  # non-zero bias too
   expected = reference.apply(params, x)
-  for impl in ("shift", "xla", "auto"):
+  for impl in ("shift", "shift_autodiff", "xla", "auto"):
     got = DepthwiseConv(7, impl).apply(params, x)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
 

@@ -9,8 +9,9 @@ therefore carries its own VJP: the input gradient is the same shift-add with the
 over the (dilated, re-padded) output gradient, and the kernel gradient is one variadic reduction
 with k*k accumulators (float32) over a single pass (10 ms). `shift_autodiff` keeps autodiff's
 gradient, for comparison in benchmarks. Measured figures: docs/benchmarks.md. `impl="auto"` picks
-per backend at trace time (TPUs keep the grouped convolution, not measured here). All use the
-kernel layout of `flax.linen.Conv(feature_group_count=C)`: (k, k, 1, C).
+per backend at trace time: CPUs `shift`, GPUs `shift_autodiff` (what was measured on an H100; the
+hand-written VJP is not measured on a GPU yet), TPUs the grouped convolution (not measured here).
+All use the kernel layout of `flax.linen.Conv(feature_group_count=C)`: (k, k, 1, C).
 """
 
 import functools
@@ -28,7 +29,7 @@ def resolve_impl(impl: str) -> str:
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"depthwise impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
   if impl == "auto":
-    return "xla" if jax.default_backend() == "tpu" else "shift"
+    return {"tpu": "xla", "gpu": "shift_autodiff"}.get(jax.default_backend(), "shift")
   return impl
 
 
