@@ -18,7 +18,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bloodcell_jax import benchmark, distributed, export, inference, preview, train
+from bloodcell_jax import benchmark, distributed, export, inference, platform_setup, preview, train
 from bloodcell_jax.errors import TrainingDiverged, UserInputError
 
 MODES = ("train", "eval", "predict", "export", "benchmark", "preview")
@@ -107,6 +107,9 @@ class _QuietLibraries(std_logging.Filter):
 
 def main(argv) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  # Long CPU runs only (see platform_setup), and before JAX starts its backend.
+  if FLAGS.mode in ("train", "benchmark") and platform_setup.keep_freed_host_memory():
+    logging.info("CPU backend: glibc keeps freed memory for the next step (GLIBC_TUNABLES overrides this)")
   try:
     run(argv)
   except (UserInputError, TrainingDiverged) as e:

@@ -28,7 +28,8 @@ CONFIGURATIONS = {
 CHILD = r"""
 import json, os, statistics, sys, time
 sys.path.insert(0, {root!r})
-import bloodcell_jax  # process setup (backend, allocator) before JAX starts
+from bloodcell_jax import platform_setup  # selects the backend before JAX loads
+platform_setup.keep_freed_host_memory()  # as main.py --mode=train/benchmark does on a CPU
 import jax, jax.numpy as jnp, numpy as np
 from flax import jax_utils, linen as nn
 from bloodcell_jax import optim

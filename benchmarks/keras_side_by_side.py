@@ -21,7 +21,9 @@ import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import bloodcell_jax  # noqa: E402,F401  (the same process setup as main.py: backend, host allocator)
+from bloodcell_jax import platform_setup  # noqa: E402  (selects the backend before JAX loads)
+
+platform_setup.keep_freed_host_memory()  # as main.py --mode=benchmark does on a CPU
 import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -2,7 +2,6 @@
 
 from bloodcell_jax import platform_setup as _platform_setup
 
-# Must run before JAX is first imported: picks the CPU backend quietly when the CUDA plugin is
-# installed (requirements.txt asks for jax[cuda12]) but no NVIDIA driver exists, and on the CPU
-# backend makes glibc keep freed memory for the next step (see platform_setup).
-_platform_setup.configure_process()
+# Must run before JAX is first imported: picks the CPU backend quietly when the CUDA
+# plugin is installed (requirements.txt asks for jax[cuda12]) but no NVIDIA driver exists.
+_platform_setup.select_backend()

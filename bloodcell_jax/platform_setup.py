@@ -1,4 +1,4 @@
-"""Set up the process before JAX initialises: the backend, and on CPUs the host allocator.
+"""Set up the process before JAX initialises: the backend, and for CPU training the host allocator.
 
 Backend: requirements.txt installs `jax[cuda12]`. On a machine without an NVIDIA driver the CUDA
 plugin's initialisation fails and JAX logs a long traceback before falling back to the CPU.
@@ -9,10 +9,13 @@ Allocator: XLA:CPU allocates every buffer of a step afresh and frees it when the
 glibc serves large blocks (and threads' arenas) with mmap and unmaps them on free, so each
 step faulted its whole working set back in as zeroed pages: for ConvNeXt-T at batch 32 on a
 2-core CPU, 1.3 GB of page faults per step and a quarter of the CPU time spent in the kernel.
-On the CPU backend we therefore ask glibc to keep freed memory for reuse: one arena, no mmap,
-no trimming (ConvNeXt-T train step 1.03 s -> 0.79 s there; docs/benchmarks.md). The cost is
-that the process keeps its peak heap until it exits. A user who sets glibc's malloc
-tunables (GLIBC_TUNABLES or MALLOC_*) keeps them instead.
+`keep_freed_host_memory` asks glibc to keep freed memory for reuse instead: one arena, no mmap,
+no trimming (ConvNeXt-T train step 1.03 s -> 0.79 s there; docs/benchmarks.md). main.py calls it
+for training and benchmarks on the CPU backend only, because it has costs elsewhere: the process
+keeps its peak heap until it exits, and with one arena XLA's multi-threaded compiler contends for
+it (compiling is about 10% slower; short eval/predict runs are mostly compiling). Importing the
+package changes nothing. A user who sets glibc's malloc tunables (GLIBC_TUNABLES or MALLOC_*)
+keeps them instead.
 """
 
 import ctypes
@@ -54,14 +57,9 @@ def wants_allocator_tuning() -> bool:
 def keep_freed_host_memory() -> bool:
   """Make glibc reuse freed memory instead of returning it to the kernel; True when applied.
 
-  Must run before other threads allocate (arenas already created stay)."""
+  Must run before JAX starts its backend (arenas that threads already have stay in use)."""
   if not wants_allocator_tuning():
     return False
   libc = ctypes.CDLL(None)
   return all(libc.mallopt(option, value) == 1 for option, value in
              ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
-
-
-def configure_process() -> None:
-  select_backend()
-  keep_freed_host_memory()

@@ -4,6 +4,10 @@ import os
 import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# main.py's train mode makes glibc keep freed memory on CPUs (platform_setup), which pays off in long
+# runs but slows compiling; the tests compile many tiny models in main.py subprocesses, so they ask
+# for glibc's defaults (a no-op tunable). test_platform checks the setting itself.
+os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.check=0")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 

@@ -60,8 +60,7 @@ def test_depthwise_shift_and_xla_agree_and_match_flax_grouped_conv():
 
 
 @pytest.mark.parametrize("size,kernel,stride,padding", [
-    ((9, 11), 7, 1, "SAME"), ((9, 11), 3, 2, "SAME"), ((67, 67), 3, 2, "SAME"), ((9, 12), 5, 2, ((1, 2), (2, 1))),
-    ((11, 13), 5, 3, ((2, 2), (1, 3)))])
+    ((9, 11), 7, 1, "SAME"), ((67, 67), 3, 2, "SAME"), ((11, 13), 5, 3, ((2, 2), (1, 3)))])
 def test_depthwise_implementations_give_identical_outputs_and_gradients(size, kernel, stride, padding):
   """`shift`'s hand-written VJP (flipped-kernel input gradient, one-pass kernel gradient) equals
   autodiff of the same sum and of XLA's grouped convolution, exactly in float64, for the strides
@@ -105,7 +104,7 @@ def test_exact_gelu_and_its_derivative_equal_jax_erfc_form():
   np.testing.assert_allclose(gelu(x32), jax.nn.gelu(x32, approximate=False), atol=2e-6)
 
 
-@pytest.mark.parametrize("size,patch", [((32, 32), 4), ((27, 30), 4), ((13, 9), 2)])
+@pytest.mark.parametrize("size,patch", [((27, 30), 4), ((13, 9), 2)])
 def test_patch_conv_equals_flax_strided_conv_with_the_same_parameters(size, patch):
   from flax import linen as nn
   x = jax.random.normal(jax.random.PRNGKey(0), (2, *size, 5))

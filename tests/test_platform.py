@@ -26,7 +26,11 @@ def test_user_choice_of_platform_wins(monkeypatch):
 
 
 _REALLOCATION_FAULTS = """
-import bloodcell_jax, numpy as np, resource
+import sys
+from bloodcell_jax import platform_setup
+if sys.argv[1] == "keep":
+  platform_setup.keep_freed_host_memory()
+import numpy as np, resource
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 a = np.ones(50_000_000 // 8); del a  # 50 MB: above glibc's mmap threshold
 before = faults(); a = np.ones(50_000_000 // 8); print(faults() - before)
@@ -35,16 +39,18 @@ before = faults(); a = np.ones(50_000_000 // 8); print(faults() - before)
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                     reason="the allocator setting is for glibc on Linux")
-def test_cpu_backend_reuses_freed_host_memory_unless_the_user_tuned_malloc():
-  """Freed blocks come back without page faults on the CPU backend (XLA frees each step's
-  buffers); with the user's own GLIBC_TUNABLES we leave glibc alone and they fault again."""
+def test_training_processes_reuse_freed_host_memory_unless_the_user_tuned_malloc():
+  """With keep_freed_host_memory (main.py's train and benchmark modes on CPU) a freed block comes
+  back without page faults (XLA frees each step's buffers); importing the package alone, or with
+  the user's own GLIBC_TUNABLES, leaves glibc as it is and the block faults in again."""
   base = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES" and not k.startswith("MALLOC_")}
 
-  def faults(**extra):
-    result = subprocess.run([sys.executable, "-c", _REALLOCATION_FAULTS], cwd=ROOT, capture_output=True,
+  def faults(mode, **extra):
+    result = subprocess.run([sys.executable, "-c", _REALLOCATION_FAULTS, mode], cwd=ROOT, capture_output=True,
                             text=True, timeout=120, env={**base, "JAX_PLATFORMS": "cpu", **extra})
     assert result.returncode == 0, result.stderr
     return int(result.stdout.strip())
 
-  assert faults() <= 2
-  assert faults(GLIBC_TUNABLES="glibc.malloc.check=0") >= 20
+  assert faults("keep") <= 2
+  assert faults("import-only") >= 20
+  assert faults("keep", GLIBC_TUNABLES="glibc.malloc.check=0") >= 20
