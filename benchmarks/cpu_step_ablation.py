@@ -15,7 +15,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name: (what is swapped back, environment for the child)
+# what is swapped back: the child's environment that swaps it
 CONFIGURATIONS = {
     "all optimisations": {},
     "glibc allocator left alone": {"GLIBC_TUNABLES": "glibc.malloc.check=0"},

@@ -12,15 +12,19 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def _normal_cdf(x: jax.Array) -> jax.Array:
+  return 0.5 * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
+
+
 @jax.custom_jvp
 def gelu(x: jax.Array) -> jax.Array:
   """0.5 * x * (1 + erf(x / sqrt(2)))."""
-  return 0.5 * x * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
+  return x * _normal_cdf(x)
 
 
 @gelu.defjvp
 def _gelu_jvp(primals, tangents):
   (x,), (x_dot,) = primals, tangents
-  cdf = 0.5 * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
+  cdf = _normal_cdf(x)
   pdf = jnp.exp(-0.5 * x * x) * np.asarray(1.0 / np.sqrt(2.0 * np.pi), dtype=x.dtype)
   return x * cdf, (cdf + x * pdf) * x_dot
