@@ -18,7 +18,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bloodcell_jax import benchmark, distributed, export, inference, platform_setup, preview, train
+from bloodcell_jax import (benchmark, compilation_cache, distributed, export, inference, platform_setup, preview,
+                           train)
 from bloodcell_jax.errors import TrainingDiverged, UserInputError
 
 MODES = ("train", "eval", "predict", "export", "benchmark", "preview")
@@ -46,6 +47,10 @@ flags.DEFINE_multi_string("preview_policy", None, "preview: a policy to show (re
                           "light, medium, heavy).")
 flags.DEFINE_integer("preview_columns", 6, "preview: augmented versions per image.")
 flags.DEFINE_integer("preview_per_class", 1, "preview: example images per class.")
+flags.DEFINE_string("compilation_cache", compilation_cache.AUTO,
+                    "Where compiled steps are kept for the next run of the same workdir (resume, eval, predict): "
+                    "'auto' = <workdir>/xla_cache on GPUs and TPUs, none on CPUs; a directory (any backend); or "
+                    "'none'. JAX_COMPILATION_CACHE_DIR wins. --mode=benchmark never uses one.")
 FLAGS = flags.FLAGS
 
 
@@ -54,12 +59,19 @@ def default_workdir(config_path: str) -> str:
   return os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", name)
 
 
+def _use_compilation_cache(workdir: str) -> None:
+  directory = compilation_cache.enable(FLAGS.compilation_cache, workdir)
+  if directory:
+    logging.info("compiled steps are cached in %s", directory)
+
+
 def run(argv) -> None:
   if len(argv) > 1:
     raise UserInputError(f"unexpected arguments: {' '.join(argv[1:])}")
   if FLAGS.mode in ("train", "benchmark", "preview") and FLAGS.config is None:
     raise UserInputError(f"--config is required for --mode={FLAGS.mode} (for example --config configs/quickstart.py)")
   if FLAGS.mode == "benchmark":
+    compilation_cache.disable()  # compile time is one of the figures
     workdir = os.path.abspath(FLAGS.workdir or default_workdir(flags.FLAGS["config"].config_filename))
     try:
       batch_sizes = [int(b) for b in FLAGS.bench_batch_sizes or [FLAGS.config.train.batch_size]]
@@ -77,6 +89,7 @@ def run(argv) -> None:
   if FLAGS.mode == "train":
     workdir = os.path.abspath(FLAGS.workdir or default_workdir(flags.FLAGS["config"].config_filename))
     distributed.initialize(FLAGS.config)
+    _use_compilation_cache(workdir)
     if not distributed.is_primary():
       logging.set_verbosity(logging.WARNING)
     row = train.train_and_evaluate(FLAGS.config, workdir)
@@ -90,6 +103,7 @@ def run(argv) -> None:
   if not FLAGS.workdir:
     raise UserInputError(f"--mode={FLAGS.mode} needs --workdir (the run directory of a trained model)")
   workdir = os.path.abspath(FLAGS.workdir)
+  _use_compilation_cache(workdir)
   if FLAGS.mode == "eval":
     inference.run_eval(workdir, FLAGS.data, FLAGS.checkpoint, FLAGS.tta, FLAGS.corruptions, FLAGS.severity)
   elif FLAGS.mode == "export":

@@ -1,13 +1,20 @@
 """Shared fixtures. Four fake CPU devices, set before JAX loads, so pmap paths run everywhere."""
 
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 # main.py's train mode makes glibc keep freed memory on CPUs (platform_setup), which pays off in long
 # runs but slows compiling; the tests compile many tiny models in main.py subprocesses, so they ask
 # for glibc's defaults (a no-op tunable). test_platform checks the setting itself.
 os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.check=0")
+# The suite compiles the same tiny models again and again (main.py subprocesses that resume, evaluate,
+# predict; tests that build the same steps): JAX's persistent cache, one per test session, shares them.
+XLA_CACHE = tempfile.mkdtemp(prefix="bloodcell_jax_tests_xla_cache_")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", XLA_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -45,9 +52,24 @@ def tiny_config(**overrides):
   return config
 
 
-def run_main(args, devices=1, timeout=600):
+def pytest_sessionfinish(session, exitstatus):
+  shutil.rmtree(XLA_CACHE, ignore_errors=True)
+
+
+def subprocess_env(devices=1, **overrides):
+  """The environment for a child process with `devices` fake CPU devices; None in overrides unsets."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  for name, value in overrides.items():
+    if value is None:
+      env.pop(name, None)
+    else:
+      env[name] = value
+  return env
+
+
+def run_main(args, devices=1, timeout=600, **env_overrides):
   """Runs main.py in a subprocess with `devices` fake CPU devices; returns CompletedProcess."""
   import subprocess
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  env = subprocess_env(devices, **env_overrides)
   return subprocess.run([sys.executable, os.path.join(ROOT, "main.py")] + list(args), cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)

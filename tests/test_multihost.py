@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from conftest import ROOT, run_main
+from conftest import ROOT, XLA_CACHE, run_main, subprocess_env
 
 ARGS = ["--config", "configs/quickstart.py", "--config.eval.report=False",
         "--config.data.image_size=32", "--config.model.depths=(1,1,1,1)",
@@ -26,8 +26,9 @@ def _run_two_processes(args, workdir):
   port = _free_port()
   processes, logs = [], []
   for pid in range(2):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-               JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid))
+    # A cache directory per process, as main.py's own default gives them: JAX writes entries unlocked.
+    env = subprocess_env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                         JAX_PROCESS_ID=str(pid), JAX_COMPILATION_CACHE_DIR=os.path.join(XLA_CACHE, f"process_{pid}"))
     log = open(f"{workdir}.p{pid}.log", "w+")
     logs.append(log)
     processes.append(subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py")] + args +

@@ -14,7 +14,7 @@ import pytest
 
 from bloodcell_jax import checkpointing
 from bloodcell_jax.errors import UserInputError
-from conftest import ROOT, run_main
+from conftest import ROOT, run_main, subprocess_env
 
 # 256 training images of the bundled sample, 16 steps per epoch, a checkpoint every 3 steps.
 ARGS = ["--config", "configs/quickstart.py", "--config.eval.report=False",
@@ -40,7 +40,7 @@ def _assert_same_params(a, b):
 
 
 def _start(args, workdir, devices=2):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  env = subprocess_env(devices)
   log = open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"), "w")
   return subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py")] + args + [f"--workdir={workdir}"],
                           cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
