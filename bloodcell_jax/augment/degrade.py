@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bloodcell_jax.augment.colour import mix_channels
 from bloodcell_jax.augment.filters import convolve, convolve_separable, gaussian_taps
 from bloodcell_jax.augment.sampling import sample
 
@@ -96,6 +97,7 @@ _DCT = np.array([[np.sqrt((1 if k == 0 else 2) / 8) * np.cos((2 * n + 1) * k * n
                  for k in range(8)], np.float32)  # orthonormal DCT-II
 _YCBCR_FROM_RGB = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]],
                            np.float32)
+_RGB_FROM_YCBCR = np.linalg.inv(_YCBCR_FROM_RGB).T.astype(np.float32)
 
 
 def jpeg_quality_tables(quality: jax.Array) -> jax.Array:
@@ -111,7 +113,7 @@ def jpeg_compress(image: jax.Array, quality: jax.Array) -> jax.Array:
   h, w = image.shape[:2]
   ph, pw = -h % 16, -w % 16
   x = jnp.pad(image, ((0, ph), (0, pw), (0, 0)), mode="edge") * 255.0
-  ycc = x @ _YCBCR_FROM_RGB.T
+  ycc = mix_channels(x, _YCBCR_FROM_RGB.T)
   hh, ww = ycc.shape[:2]
   chroma = ycc[..., 1:].reshape(hh // 2, 2, ww // 2, 2, 2).mean(axis=(1, 3))
   chroma = jnp.repeat(jnp.repeat(chroma, 2, axis=0), 2, axis=1)
@@ -122,7 +124,7 @@ def jpeg_compress(image: jax.Array, quality: jax.Array) -> jax.Array:
   coefficients = jnp.round(coefficients / tables) * tables
   blocks = jnp.einsum("ui,abuvc,vj->aibjc", _DCT, coefficients, _DCT).reshape(hh, ww, 3)
   ycc = blocks + jnp.array([128.0, 0.0, 0.0])
-  rgb = ycc @ np.linalg.inv(_YCBCR_FROM_RGB).T.astype(np.float32)
+  rgb = mix_channels(ycc, _RGB_FROM_YCBCR)
   return jnp.clip(rgb[:h, :w] / 255.0, 0.0, 1.0)
 
 
