@@ -2,7 +2,8 @@
 # One prepared run for a GPU machine: every figure docs/benchmarks.md asks of an accelerator, in
 # one go. JAX (main.py --mode=benchmark) for ConvNeXt-T (bf16 and fp32, the heavy augmentation
 # policy on and off; the hand-written depthwise VJP against autodiff's) and ConvNeXt-B (bf16), then timm on PyTorch (eager and torch.compile) at the
-# same batch, resolution and dtype, with the JAX/torch ratio. Results land in $RESULTS.
+# same batch, resolution and dtype, with the JAX/torch ratio; last, each augmentation op's own cost.
+# Results land in $RESULTS.
 #
 #   RESULTS=/tmp/results bash benchmarks/gpu_suite.sh
 #   (env: BATCH=256 SIZE=96 IMPL=timm TINY_CONFIG=configs/convnext_tiny.py BASE_CONFIG=configs/convnext_base.py)
@@ -51,4 +52,6 @@ echo "== PyTorch ConvNeXt-B"
 timeout 240 $PY benchmarks/torch_side_by_side.py --impl "$IMPL" --model convnext_base --drop_path 0.5 \
   --batch "$BATCH" --size "$SIZE" --dtype bfloat16 --modes eager,compile --steps "$STEPS" \
   --jax_json "$WORK/base/benchmark.json" --out "$RESULTS/torch_convnext_base_bf16.json"
+echo "== Augmentation ops and policies alone (last: the figures above do not wait for it)"
+timeout 150 $PY benchmarks/augment_cost.py --batch "$BATCH" --size "$SIZE" --out "$RESULTS/augment_cost.json"
 echo "== done"
