@@ -23,7 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bloodcell_jax.augment import policies  # noqa: E402
-from bloodcell_jax.benchmark import _time_steps  # noqa: E402
+from bloodcell_jax.benchmark import time_steps  # noqa: E402
 
 
 def op_magnitudes() -> dict[str, float]:
@@ -36,7 +36,7 @@ def time_policy(policy: str, images: jax.Array, targets: jax.Array, repeats: int
   """Median milliseconds of one jitted augment_batch call; a new key per call, as in training."""
   run = jax.jit(lambda key, x, y: policies.augment_batch(key, x, y, policy))
   keys = iter(jax.random.split(jax.random.PRNGKey(0), (repeats + 1) * steps + 8))
-  times = _time_steps(lambda: run(next(keys), images, targets), steps, repeats, warmup=3)
+  times = time_steps(lambda: run(next(keys), images, targets), steps, repeats, warmup=3)
   return 1e3 * float(np.median(times))
 
 

@@ -61,7 +61,7 @@ def _synthetic_batch(global_batch: int, image_size: int, num_devices: int, seed:
   }
 
 
-def _time_steps(run_step, steps: int, repeats: int, warmup: int) -> list[float]:
+def time_steps(run_step, steps: int, repeats: int, warmup: int) -> list[float]:
   """Seconds per step of each repeat; `run_step()` dispatches one step and returns its outputs."""
   out = None
   for _ in range(warmup):
@@ -141,7 +141,7 @@ def benchmark_one(config: ml_collections.ConfigDict, global_batch: int, dtype: s
       holder["state"], metrics, _ = compiled(holder["state"], train_batch, weights)
       return metrics
 
-    entry = _summary(_time_steps(run_step, steps, repeats, warmup), global_batch, num_devices)
+    entry = _summary(time_steps(run_step, steps, repeats, warmup), global_batch, num_devices)
     entry["compile_s"] = compile_s
     flops = _flops(compiled)
     if flops:
@@ -154,7 +154,7 @@ def benchmark_one(config: ml_collections.ConfigDict, global_batch: int, dtype: s
 
   start = time.perf_counter()
   compiled_eval = p_eval.lower(variables_of(state), batch, weights).compile()
-  eval_entry = _summary(_time_steps(lambda: compiled_eval(variables_of(state), batch, weights), steps, repeats, warmup),
+  eval_entry = _summary(time_steps(lambda: compiled_eval(variables_of(state), batch, weights), steps, repeats, warmup),
                         global_batch, num_devices)
   eval_entry["compile_s"] = time.perf_counter() - start
   result["eval"] = eval_entry
