@@ -20,9 +20,10 @@ from ml_collections import config_flags
 
 from bloodcell_jax import (benchmark, compilation_cache, distributed, export, inference, platform_setup, preview,
                            train)
+from bloodcell_jax import config as config_rules
 from bloodcell_jax.errors import TrainingDiverged, UserInputError
 
-MODES = ("train", "eval", "predict", "export", "benchmark", "preview")
+MODES = ("train", "eval", "predict", "export", "benchmark", "preview")  # see CONFIG_MODES and RUN_MODES
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); fields overridable as --config.x.y=v.")
 flags.DEFINE_string("workdir", None, "Run directory. Default: checkpoints/<config file name>.")
@@ -65,51 +66,69 @@ def _use_compilation_cache(workdir: str) -> None:
     logging.info("compiled steps are cached in %s", directory)
 
 
+def _train(config, workdir: str) -> None:
+  distributed.initialize(config)
+  _use_compilation_cache(workdir)
+  if not distributed.is_primary():
+    logging.set_verbosity(logging.WARNING)
+  row = train.train_and_evaluate(config, workdir)
+  if "params_sha256" not in row:  # stopped by a signal; the command resumes
+    return
+  who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+  print(f"{who}finished epoch {row['epoch'] + 1}; run directory {workdir}; "
+        f"final parameters sha256 {row['params_sha256']}", flush=True)
+  if config.eval.report:
+    inference.run_eval(workdir, None, "best")
+
+
+def _benchmark(config, workdir: str) -> None:
+  compilation_cache.disable()  # compile time is one of the figures
+  try:
+    batch_sizes = [int(b) for b in FLAGS.bench_batch_sizes or [config.train.batch_size]]
+  except ValueError:
+    raise UserInputError(f"--bench_batch_sizes: not a list of integers: {FLAGS.bench_batch_sizes}") from None
+  benchmark.run_benchmark(config, workdir, batch_sizes, FLAGS.bench_dtypes or [config.model.dtype],
+                          FLAGS.bench_steps, FLAGS.bench_repeats)
+
+
+def _preview(config, workdir: str) -> None:
+  preview.run_preview(config, FLAGS.output or os.path.join(workdir, "augment_preview.png"), FLAGS.preview_policy,
+                      FLAGS.preview_columns, FLAGS.preview_per_class)
+
+
+def _eval(workdir: str) -> None:
+  _use_compilation_cache(workdir)
+  inference.run_eval(workdir, FLAGS.data, FLAGS.checkpoint, FLAGS.tta, FLAGS.corruptions, FLAGS.severity)
+
+
+def _predict(workdir: str) -> None:
+  _use_compilation_cache(workdir)
+  inference.run_predict(workdir, FLAGS.data, FLAGS.output, FLAGS.checkpoint, FLAGS.tta, FLAGS.top_k)
+
+
+def _export(workdir: str) -> None:
+  _use_compilation_cache(workdir)
+  export.run_export(workdir, FLAGS.output or os.path.join(workdir, "export"), FLAGS.checkpoint, FLAGS.tta)
+
+
+# Modes that start from a config file get (resolved config, run directory: --workdir or
+# checkpoints/<config name>); modes that use a trained run get its directory (--workdir, required).
+CONFIG_MODES = {"train": _train, "benchmark": _benchmark, "preview": _preview}
+RUN_MODES = {"eval": _eval, "predict": _predict, "export": _export}
+
+
 def run(argv) -> None:
   if len(argv) > 1:
     raise UserInputError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if FLAGS.mode in ("train", "benchmark", "preview") and FLAGS.config is None:
-    raise UserInputError(f"--config is required for --mode={FLAGS.mode} (for example --config configs/quickstart.py)")
-  if FLAGS.mode == "benchmark":
-    compilation_cache.disable()  # compile time is one of the figures
+  if FLAGS.mode in CONFIG_MODES:
+    if FLAGS.config is None:
+      raise UserInputError(f"--config is required for --mode={FLAGS.mode} (for example --config configs/quickstart.py)")
     workdir = os.path.abspath(FLAGS.workdir or default_workdir(flags.FLAGS["config"].config_filename))
-    try:
-      batch_sizes = [int(b) for b in FLAGS.bench_batch_sizes or [FLAGS.config.train.batch_size]]
-    except ValueError:
-      raise UserInputError(f"--bench_batch_sizes: not a list of integers: {FLAGS.bench_batch_sizes}") from None
-    benchmark.run_benchmark(FLAGS.config, workdir, batch_sizes, FLAGS.bench_dtypes or [FLAGS.config.model.dtype],
-                            FLAGS.bench_steps, FLAGS.bench_repeats)
-    return
-  if FLAGS.mode == "preview":
-    workdir = os.path.abspath(FLAGS.workdir or default_workdir(flags.FLAGS["config"].config_filename))
-    train.validate_config(FLAGS.config)
-    preview.run_preview(FLAGS.config, FLAGS.output or os.path.join(workdir, "augment_preview.png"),
-                        FLAGS.preview_policy, FLAGS.preview_columns, FLAGS.preview_per_class)
-    return
-  if FLAGS.mode == "train":
-    workdir = os.path.abspath(FLAGS.workdir or default_workdir(flags.FLAGS["config"].config_filename))
-    distributed.initialize(FLAGS.config)
-    _use_compilation_cache(workdir)
-    if not distributed.is_primary():
-      logging.set_verbosity(logging.WARNING)
-    row = train.train_and_evaluate(FLAGS.config, workdir)
-    if "params_sha256" in row:
-      who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
-      print(f"{who}finished epoch {row['epoch'] + 1}; run directory {workdir}; "
-            f"final parameters sha256 {row['params_sha256']}", flush=True)
-      if train.eval_settings(FLAGS.config)["report"]:
-        inference.run_eval(workdir, None, "best")
-    return
-  if not FLAGS.workdir:
-    raise UserInputError(f"--mode={FLAGS.mode} needs --workdir (the run directory of a trained model)")
-  workdir = os.path.abspath(FLAGS.workdir)
-  _use_compilation_cache(workdir)
-  if FLAGS.mode == "eval":
-    inference.run_eval(workdir, FLAGS.data, FLAGS.checkpoint, FLAGS.tta, FLAGS.corruptions, FLAGS.severity)
-  elif FLAGS.mode == "export":
-    export.run_export(workdir, FLAGS.output or os.path.join(workdir, "export"), FLAGS.checkpoint, FLAGS.tta)
+    CONFIG_MODES[FLAGS.mode](config_rules.resolve(FLAGS.config), workdir)
   else:
-    inference.run_predict(workdir, FLAGS.data, FLAGS.output, FLAGS.checkpoint, FLAGS.tta, FLAGS.top_k)
+    if not FLAGS.workdir:
+      raise UserInputError(f"--mode={FLAGS.mode} needs --workdir (the run directory of a trained model)")
+    RUN_MODES[FLAGS.mode](os.path.abspath(FLAGS.workdir))
 
 
 class _QuietLibraries(std_logging.Filter):

@@ -35,7 +35,7 @@ from flax import jax_utils, linen as nn
 from bloodcell_jax import optim
 from bloodcell_jax.models import convnext, create_model
 from bloodcell_jax.steps import create_train_state, init_variables, pmapped_steps, split_variables
-from bloodcell_jax.train import step_config
+from bloodcell_jax.config import step_config
 from configs.accelerator import convnext_config
 
 ablate = set(filter(None, os.environ.get("ABLATE", "").split(",")))

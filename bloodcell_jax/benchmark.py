@@ -20,12 +20,12 @@ from flax import jax_utils
 from bloodcell_jax import optim
 from bloodcell_jax.atomic_files import write_json_atomic
 from bloodcell_jax.classes import NUM_CLASSES
+from bloodcell_jax.config import check_batch_size, step_config
 from bloodcell_jax.data import pipeline
 from bloodcell_jax.data.sources import ImageSet
 from bloodcell_jax.errors import UserInputError
 from bloodcell_jax.models import create_model
 from bloodcell_jax.steps import create_train_state, init_variables, pmapped_steps, split_variables, variables_of
-from bloodcell_jax.train import check_batch_size, step_config
 
 # Dense peak FLOP/s per chip by compute dtype, from the vendors' data sheets (no sparsity).
 PEAK_FLOPS = {

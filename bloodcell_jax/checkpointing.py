@@ -148,12 +148,6 @@ def find_checkpoint(workdir: str, which: str = "best") -> tuple[str, int]:
   raise FileNotFoundError(f"{workdir}: no checkpoint found (train first, or pass the run's --workdir)")
 
 
-def restore_params(workdir: str, which: str = "best") -> tuple[Any, int]:
-  """The parameters (host arrays, so any device count or a CPU-only machine works) and the step."""
-  variables, step = restore_variables(workdir, which)
-  return variables["params"], step
-
-
 def restore_variables(workdir: str, which: str = "best") -> tuple[dict, int]:
   """What `model.apply` needs ({"params": ..., plus BatchNorm's "batch_stats" where the model has
   them}) as host arrays, and the step."""

@@ -1,4 +1,5 @@
-"""Several hosts through JAX's own runtime: `jax.distributed`, one process per host.
+"""Devices and hosts: the pmap axis, replicated trees, and several hosts through JAX's own runtime
+(`jax.distributed`, one process per host).
 
 Started when `config.distributed` is True or JAX_COORDINATOR_ADDRESS is set. With explicit
 JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID the values are passed on; otherwise
@@ -13,9 +14,13 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+# The name of the device axis the steps are pmapped over; collectives (gradient sums, BatchNorm's
+# batch statistics) reduce over it.
+AXIS = "batch"
+
 
 def requested(config) -> bool:
-  return bool(config.get("distributed", False)) or "JAX_COORDINATOR_ADDRESS" in os.environ
+  return bool(config.distributed) or "JAX_COORDINATOR_ADDRESS" in os.environ
 
 
 def initialize(config) -> None:
@@ -54,3 +59,11 @@ def any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return flag
   return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+
+
+def unreplicate(tree):
+  """The first device's copy of a pmap-replicated pytree, leading device axis removed.
+
+  (flax.jax_utils.unreplicate keeps that axis when pmap runs on a subset of the local devices.)
+  """
+  return jax.tree.map(lambda x: x.addressable_shards[0].data[0], tree)

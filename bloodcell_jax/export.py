@@ -19,8 +19,8 @@ import numpy as np
 from bloodcell_jax import checkpointing, tta
 from bloodcell_jax.atomic_files import write_json_atomic
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
+from bloodcell_jax.config import load_run_config, resolve_tta
 from bloodcell_jax.errors import UserInputError
-from bloodcell_jax.inference import load_run_config, resolve_tta
 from bloodcell_jax.models import create_model
 from bloodcell_jax.steps import normalize
 

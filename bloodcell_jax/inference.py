@@ -6,13 +6,11 @@ with robustness under corruptions in the same pass over the restored model; pred
 
 import csv
 import io
-import json
 import os
 import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 from flax import jax_utils
@@ -20,32 +18,16 @@ from flax import jax_utils
 from bloodcell_jax import checkpointing, distributed, report, tta
 from bloodcell_jax.atomic_files import write_text_atomic
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
+from bloodcell_jax.config import check_batch_size, load_run_config, resolve_tta, step_config
 from bloodcell_jax.data.prepare import load_eval_set, load_train_val
 from bloodcell_jax.data.sources import ImageSet
 from bloodcell_jax.errors import UserInputError
+from bloodcell_jax.evaluation import evaluate
 from bloodcell_jax.models import create_model
 from bloodcell_jax.robustness import CORRUPTIONS, corrupt
 from bloodcell_jax.steps import pmapped_steps
-from bloodcell_jax.train import check_batch_size, eval_settings, evaluate, step_config
 
 REPORT_DIR = "report"
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise UserInputError(f"{path}: missing; is {workdir} the --workdir of a training run?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def resolve_tta(config, tta_flag: str | None) -> str:
-  """`--tta` if given, else the run's `eval.tta`."""
-  name = tta_flag or eval_settings(config)["tta"]
-  try:
-    return tta.check(name)
-  except ValueError as e:
-    raise UserInputError(f"--tta: {e}") from None
 
 
 class RestoredModel:
@@ -61,7 +43,7 @@ class RestoredModel:
     self.num_params = sum(x.size for x in jax.tree.leaves(variables["params"]))
     self.config, self.tta = config, tta_name
     model = create_model(config.model, NUM_CLASSES)
-    _, self._p_eval = pmapped_steps(model, None, step_config(config).replace(tta=tta_name))
+    _, self._p_eval = pmapped_steps(model, None, step_config(config, tta_name))
     self._weights = jax_utils.replicate(jnp.ones(NUM_CLASSES))
     self._variables = jax_utils.replicate(variables)
     logging.info("using the '%s' checkpoint of %s (step %d)", checkpoint, workdir, self.step)
@@ -114,11 +96,11 @@ def _robustness(model: RestoredModel, data: ImageSet, clean: dict, corruptions: 
 def describe_model(config) -> str:
   model = config.model
   if model.name == "convnext":
-    return (f"ConvNeXt-{model.variant}" if not model.get("depths") else
+    return (f"ConvNeXt-{model.variant}" if not model.depths else
             f"ConvNeXt depths {tuple(model.depths)} dims {tuple(model.dims)}")
   if model.name == "efficientnet":
-    scaled = [f"{k.split('_')[0]} x{model.get(k)}" for k in ("width_multiplier", "depth_multiplier")
-              if model.get(k, 1.0) != 1.0]
+    scaled = [f"{k.split('_')[0]} x{model[k]}" for k in ("width_multiplier", "depth_multiplier")
+              if model[k] != 1.0]
     return model.variant + (f" ({', '.join(scaled)})" if scaled else "")
   return "CNN baseline" if model.name == "cnn" else model.name
 

@@ -11,6 +11,9 @@ import numpy as np
 from bloodcell_jax.classes import CLASS_NAMES
 
 
+# What train.monitor_metric may name: the validation loss, or one of classification_metrics' figures.
+MONITORED = ("loss", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "macro_auc")
+
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
   """Rows: true class, columns: predicted class."""
   matrix = np.zeros((num_classes, num_classes), np.int64)

@@ -14,6 +14,17 @@ import optax
 
 OPTIMIZERS = ("lion", "adamw", "sgd")
 TRAINABLE = ("all", "head", "last_stages")
+SCHEDULES = ("cosine", "constant")
+
+
+def check(cfg: ml_collections.ConfigDict) -> None:
+  """The optimiser section's rules; ValueError naming the field."""
+  for field, value, allowed in (("name", cfg.name, OPTIMIZERS), ("trainable", cfg.trainable, TRAINABLE),
+                                ("schedule", cfg.schedule, SCHEDULES)):
+    if value not in allowed:
+      raise ValueError(f"optim.{field}={value!r} is not one of {', '.join(allowed)}")
+  if not 0.0 < cfg.layer_decay <= 1.0:
+    raise ValueError(f"optim.layer_decay={cfg.layer_decay} must lie in (0, 1]")
 
 
 def _top_name(path) -> str:
@@ -49,8 +60,6 @@ def trainable_mask(params, trainable: str, unfreeze_stages: int = 0):
   EfficientNet family's conv_head, bn2, classifier); "last_stages": the head plus the last
   `unfreeze_stages` stages (stem and earlier stages frozen).
   """
-  if trainable not in TRAINABLE:
-    raise ValueError(f"optim.trainable must be one of {TRAINABLE}, got {trainable!r}")
   stages = sorted({s for s in (_stage_of(k) for k in params) if s is not None})
   unfrozen = set(stages[len(stages) - unfreeze_stages:]) if unfreeze_stages > 0 else set()
 
@@ -108,29 +117,26 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int,
     return optax.join_schedules(
         [optax.linear_schedule(0.0, cfg.learning_rate, max(warmup, 1)), optax.constant_schedule(cfg.learning_rate)],
         [warmup]) if warmup else optax.constant_schedule(cfg.learning_rate)
-  if cfg.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else cfg.learning_rate, peak_value=cfg.learning_rate,
-        warmup_steps=warmup, decay_steps=total, end_value=cfg.learning_rate * cfg.min_lr_ratio)
-  raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {cfg.schedule!r}")
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0 if warmup else cfg.learning_rate, peak_value=cfg.learning_rate,
+      warmup_steps=warmup, decay_steps=total, end_value=cfg.learning_rate * cfg.min_lr_ratio)
 
 
 def create_optimizer(cfg: ml_collections.ConfigDict, params, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """The optimiser of `cfg` (checked by `check`) for `params`, on `schedule`."""
+  check(cfg)
   if cfg.name == "lion":
     inner = optax.lion(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask)
   elif cfg.name == "adamw":
     inner = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask)
-  elif cfg.name == "sgd":
+  else:  # sgd
     inner = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
                         optax.sgd(schedule, momentum=cfg.momentum, nesterov=True))
-  else:
-    raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {cfg.name!r}")
   if cfg.grad_clip_norm:
     inner = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), inner)
   labels = jax.tree.map(lambda t: "train" if t else "freeze",
                         trainable_mask(params, cfg.trainable, cfg.unfreeze_stages))
   tx = optax.multi_transform({"train": inner, "freeze": optax.set_to_zero()}, labels)
-  decay = cfg.get("layer_decay", 1.0)
-  if not 0.0 < decay <= 1.0:
-    raise ValueError(f"optim.layer_decay must lie in (0, 1], got {decay}")
-  return optax.chain(tx, scale_by_tree(layer_scales(params, decay))) if decay < 1.0 else tx
+  if cfg.layer_decay < 1.0:
+    return optax.chain(tx, scale_by_tree(layer_scales(params, cfg.layer_decay)))
+  return tx

@@ -17,11 +17,10 @@ from flax import linen as nn
 from flax import struct
 
 from bloodcell_jax import tta
-from bloodcell_jax.augment import augment_batch, to_unit_range
+from bloodcell_jax.augment import Policy, augment_batch, to_unit_range
+from bloodcell_jax.distributed import AXIS
 from bloodcell_jax.losses import l2_penalty, weighted_cross_entropy_terms
 from bloodcell_jax.optim import decay_mask
-
-AXIS = "batch"
 
 
 class TrainState(struct.PyTreeNode):
@@ -42,11 +41,6 @@ def init_variables(model: nn.Module, image_size: int, seed: int) -> dict:
       init_key, jnp.zeros((1, image_size, image_size, 3), jnp.float32)))
 
 
-def init_params(model: nn.Module, image_size: int, seed: int):
-  """Freshly initialised parameters (see `init_variables`)."""
-  return init_variables(model, image_size, seed)["params"]
-
-
 def split_variables(variables: dict) -> tuple[Any, dict]:
   """(params, every other collection)."""
   return variables["params"], {k: v for k, v in variables.items() if k != "params"}
@@ -64,14 +58,6 @@ def variables_of(state: TrainState) -> dict:
   return {"params": state.params, **state.model_state}
 
 
-def unreplicate(tree):
-  """The first device's copy of a pmap-replicated pytree, leading device axis removed.
-
-  (flax.jax_utils.unreplicate keeps that axis when pmap runs on a subset of the local devices.)
-  """
-  return jax.tree.map(lambda x: x.addressable_shards[0].data[0], tree)
-
-
 def normalize(images: jax.Array, mean, std) -> jax.Array:
   """uint8 [0, 255] or float [0, 1] images to float32 (x - mean) / std per channel."""
   return (to_unit_range(images) - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
@@ -86,7 +72,7 @@ class StepConfig:
   std: tuple = struct.field(pytree_node=False)
   label_smoothing: float = struct.field(pytree_node=False, default=0.0)
   l2: float = struct.field(pytree_node=False, default=0.0)
-  augment: str = struct.field(pytree_node=False, default="none")
+  augment: Policy = struct.field(pytree_node=False, default=Policy())  # parsed once (augment.parse)
   fill_mode: str = struct.field(pytree_node=False, default="reflect")
   skip_nonfinite: bool = struct.field(pytree_node=False, default=False)
   tta: str = struct.field(pytree_node=False, default="none")  # test-time views in eval (see tta.VIEWS)

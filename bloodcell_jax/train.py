@@ -24,100 +24,26 @@ from absl import logging
 from flax import jax_utils
 from tqdm import tqdm
 
-from bloodcell_jax import checkpointing, distributed, optim
+from bloodcell_jax import checkpointing, distributed, optim, pretrained
 from bloodcell_jax.atomic_files import finite_or_null, write_json_atomic, write_text_atomic
-from bloodcell_jax import augment, pretrained, tta
-from bloodcell_jax.augment.sampling import FILL_MODES
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
+from bloodcell_jax.config import CONFIG_FILE, architecture_signature, check_batch_size, step_config
 from bloodcell_jax.data import pipeline
 from bloodcell_jax.data.prepare import load_train_val
 from bloodcell_jax.data.split import save_split
-from bloodcell_jax.data.sources import ImageSet, resolve_path
+from bloodcell_jax.data.sources import resolve_path
+from bloodcell_jax.distributed import unreplicate
 from bloodcell_jax.errors import TrainingDiverged, UserInputError
+from bloodcell_jax.evaluation import evaluate
 from bloodcell_jax.losses import class_weights as compute_class_weights
-from bloodcell_jax.metrics import classification_metrics
 from bloodcell_jax.models import create_model
-from bloodcell_jax.models.depthwise import IMPLEMENTATIONS
 from bloodcell_jax.preemption import StopRequest
 from bloodcell_jax.progress import EpochProgress
-from bloodcell_jax.steps import (StepConfig, create_train_state, init_variables, pmapped_steps, split_variables,
-                                 unreplicate, variables_of)
+from bloodcell_jax.steps import create_train_state, init_variables, pmapped_steps, split_variables, variables_of
 from bloodcell_jax.tensorboard_writer import EventWriter
 
 TENSORBOARD_DIR = "tensorboard"
 TENSORBOARD_SCALARS = ("loss", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
-METRICS = ("loss", "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "macro_auc")
-
-
-def check_batch_size(global_batch: int, num_devices: int) -> int:
-  """Examples per device; the global batch must split evenly over the local devices."""
-  if global_batch <= 0 or global_batch % num_devices:
-    raise UserInputError(
-        f"config: train.batch_size={global_batch} is not divisible by the {num_devices} local devices")
-  return global_batch // num_devices
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Rejects values that would otherwise fail deep inside tracing, with the field's name."""
-  choices = {
-      "data.fill_mode": (config.data.get("fill_mode", "reflect"), FILL_MODES),
-      "model.depthwise_impl": (config.model.depthwise_impl, IMPLEMENTATIONS),
-      "optim.name": (config.optim.name, optim.OPTIMIZERS),
-      "optim.trainable": (config.optim.trainable, optim.TRAINABLE),
-      "optim.schedule": (config.optim.schedule, ("cosine", "constant")),
-      "train.monitor_metric": (config.train.monitor_metric, METRICS),
-  }
-  for field, (value, allowed) in choices.items():
-    if value not in allowed:
-      raise UserInputError(f"config: {field}={value!r} is not one of {', '.join(allowed)}")
-  try:
-    tta.check(eval_settings(config)["tta"])
-  except ValueError as e:
-    raise UserInputError(f"config: eval.tta: {e}") from None
-  try:
-    augment.parse(config.data.augment)
-  except ValueError as e:
-    raise UserInputError(f"config: data.augment: {e}") from None
-  if not 0.0 < config.data.val_fraction < 1.0:
-    raise UserInputError(f"config: data.val_fraction={config.data.val_fraction} must lie in (0, 1)")
-  if not 0.0 < config.optim.get("layer_decay", 1.0) <= 1.0:
-    raise UserInputError(f"config: optim.layer_decay={config.optim.layer_decay} must lie in (0, 1]")
-  if config.data.image_size < 32:
-    raise UserInputError(f"config: data.image_size={config.data.image_size} is below the minimum of 32")
-  if config.train.num_epochs < 1:
-    raise UserInputError(f"config: train.num_epochs={config.train.num_epochs} must be at least 1")
-  if config.checkpoint.every_steps < 0 or config.checkpoint.keep < 1:
-    raise UserInputError("config: checkpoint.every_steps must be >= 0 and checkpoint.keep >= 1")
-  try:
-    create_model(config.model, NUM_CLASSES)
-  except ValueError as e:
-    raise UserInputError(f"config: {e}") from None
-
-
-def eval_settings(config: ml_collections.ConfigDict) -> dict:
-  """The config's `eval` section, with defaults for runs recorded before it existed (their
-  evaluations use today's default test-time augmentation; their training has ended)."""
-  section = config.get("eval") or {}
-  return {"tta": section.get("tta", "dihedral"), "report": section.get("report", False)}
-
-
-def step_config(config: ml_collections.ConfigDict) -> StepConfig:
-  return StepConfig(num_classes=NUM_CLASSES, mean=tuple(config.data.mean), std=tuple(config.data.std),
-                    label_smoothing=config.loss.label_smoothing, l2=config.loss.l2,
-                    augment=config.data.augment, fill_mode=config.data.get("fill_mode", "reflect"),
-                    skip_nonfinite=config.train.get("skip_nonfinite_steps", False))
-
-
-def architecture_signature(config: ml_collections.ConfigDict) -> dict:
-  """The config fields that give parameters their shapes; a checkpoint only fits the same ones.
-
-  (Compute dtype, dropout rates and the depthwise implementation may change on resume.)
-  """
-  signature = {k: config.model.get(k) for k in ("name", "variant", "depths", "dims")}
-  for key in ("width_multiplier", "depth_multiplier"):  # absent (older runs) and 1.0 mean the same
-    if config.model.get(key, 1.0) != 1.0:
-      signature[key] = config.model.get(key)
-  return json.loads(json.dumps(signature | {"num_classes": NUM_CLASSES}))
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -132,7 +58,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 def record_config(workdir: str, config: ml_collections.ConfigDict, resuming: bool) -> None:
   """Writes config.json; on resume, logs and appends what changed to config_changes.jsonl."""
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, CONFIG_FILE)
   new = json.loads(config.to_json_best_effort())
   if resuming and os.path.exists(path):
     with open(path) as f:
@@ -144,27 +70,6 @@ def record_config(workdir: str, config: ml_collections.ConfigDict, resuming: boo
       with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
         f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": changes}) + "\n")
   write_json_atomic(path, new)
-
-
-def evaluate(p_eval, variables, data: ImageSet, class_weights, global_batch: int, num_devices: int,
-             desc: str = "eval") -> tuple[dict, np.ndarray, np.ndarray | None]:
-  """Metrics and probabilities over every example of `data` (replicated model `variables`), and the
-  test-time-augmented probabilities where the eval step computes them (else None)."""
-  outputs = []
-  batches = pipeline.to_devices(pipeline.eval_batches(data, global_batch, num_devices, jax.process_index(),
-                                                      jax.process_count()))
-  total = -(-len(data) // global_batch)
-  for batch in tqdm(batches, total=total, desc=desc, leave=False, disable=None):
-    outputs.append(p_eval(variables, batch, class_weights))
-  outputs = jax.device_get(outputs)
-  probs = np.concatenate([distributed.gather_examples(p) for _, p, _ in outputs])[:len(data)]
-  tta_probs = None
-  if outputs and outputs[0][2] is not None:
-    tta_probs = np.concatenate([distributed.gather_examples(t) for _, _, t in outputs])[:len(data)]
-  result = classification_metrics(data.labels, probs) if (data.labels >= 0).all() else {}
-  loss_sum = sum(float(m["loss_sum"][0]) for m, _, _ in outputs)
-  result["loss"] = loss_sum / max(sum(float(m["weight_sum"][0]) for m, _, _ in outputs), 1e-12)
-  return result, probs, tta_probs
 
 
 def _summary(metrics: dict) -> str:
@@ -185,8 +90,6 @@ class _Run:
   """Everything one training run holds; `train_and_evaluate` builds it and calls `fit`."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    pretrained.apply_to_config(config)  # architecture and input normalisation of ported weights
-    validate_config(config)
     self.config, self.workdir = config, workdir
     self.num_devices = jax.local_device_count()
     self.global_batch = config.train.batch_size
@@ -206,7 +109,7 @@ class _Run:
     self.steps_per_epoch = pipeline.steps_per_epoch(len(self.data.train), self.global_batch)
     self.schedule = optim.learning_rate_schedule(config.optim, self.steps_per_epoch, config.train.num_epochs)
     params, model_state = split_variables(init_variables(self.model, config.data.image_size, config.seed))
-    if config.model.get("init_from"):
+    if config.model.init_from:
       params, model_state = pretrained.merge_into(params, model_state, config)
     self.tx = optim.create_optimizer(config.optim, params, self.schedule)
     self.state = create_train_state(params, self.tx, config.seed, model_state)
@@ -404,7 +307,8 @@ def params_digest(params) -> str:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir` (resuming if it holds checkpoints).
+  """Trains `config` (resolved: bloodcell_jax.config.resolve) in `workdir`, resuming if it holds
+  checkpoints.
 
   Returns the last epoch's metrics row with a fingerprint of the final parameters
   (`params_sha256`), or an empty row when a signal stopped the run.

@@ -52,6 +52,19 @@ def tiny_config(**overrides):
   return config
 
 
+def init_params(model, image_size: int, seed: int):
+  """Freshly initialised parameters of `model`, as a run starts from them."""
+  from bloodcell_jax.steps import init_variables
+  return init_variables(model, image_size, seed)["params"]
+
+
+def restore_params(workdir: str, which: str = "best"):
+  """(parameters as host arrays, step) of a run's `best` or `last` checkpoint."""
+  from bloodcell_jax.checkpointing import restore_variables
+  variables, step = restore_variables(workdir, which)
+  return variables["params"], step
+
+
 def pytest_sessionfinish(session, exitstatus):
   shutil.rmtree(XLA_CACHE, ignore_errors=True)
 

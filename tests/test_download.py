@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from bloodcell_jax import download
+from bloodcell_jax.tools import download
 
 PAYLOAD = os.urandom(200_000)
 

@@ -14,7 +14,8 @@ from bloodcell_jax import optim
 from bloodcell_jax.models import create_model
 from bloodcell_jax.models.efficientnet import VARIANTS, EfficientNet, make_divisible, resolve_blocks
 from bloodcell_jax.pretrained import PortError, convert
-from bloodcell_jax.steps import AXIS, StepConfig, create_train_state, init_variables, split_variables, train_step
+from bloodcell_jax.distributed import AXIS
+from bloodcell_jax.steps import StepConfig, create_train_state, init_variables, split_variables, train_step
 from conftest import tiny_config
 from timm_reference import import_timm
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from bloodcell_jax.clean import clean, main
+from bloodcell_jax.tools.clean import clean, main
 from bloodcell_jax.data.hygiene import find_problems
 from bloodcell_jax.data.sources import load_source
 

@@ -102,7 +102,7 @@ def test_train_resume_eval_predict(tmp_path):
   exported_probs = np.array([[float(v) for v in line[2:]] for line in lines[1:]])
   np.testing.assert_allclose(exported_probs, probs[:2], atol=2e-6)
 
-  table = subprocess.run([sys.executable, "-m", "bloodcell_jax.compare", workdir, f"--output={tmp_path / 'cmp'}"],
+  table = subprocess.run([sys.executable, "-m", "bloodcell_jax.tools.compare", workdir, f"--output={tmp_path / 'cmp'}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert table.returncode == 0, table.stderr[-3000:]
   with open(tmp_path / "cmp.csv") as f:

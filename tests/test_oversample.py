@@ -1,7 +1,7 @@
 import numpy as np
 
 from bloodcell_jax.data.sources import load_source
-from bloodcell_jax.oversample import main, oversample
+from bloodcell_jax.tools.oversample import main, oversample
 
 
 def test_oversample_raises_minority_classes_with_augmented_copies_of_their_own_class():

@@ -13,7 +13,7 @@ from bloodcell_jax import optim
 from bloodcell_jax.models.convnext import VARIANTS, ConvNeXt
 from bloodcell_jax.pretrained import PortError, convert, load
 from bloodcell_jax.pretrained.__main__ import port
-from conftest import run_main
+from conftest import restore_params, run_main
 from timm_reference import import_timm
 
 torch = pytest.importorskip("torch", reason="PyTorch not installed (pip install -r requirements-dev.txt)")
@@ -206,7 +206,6 @@ def test_finetune_from_ported_weights_then_restore_gives_the_same_parameters(tmp
   with open(workdir / "config.json") as f:
     config = json.load(f)
   assert config["data"]["mean"] == [0.5, 0.5, 0.5] and config["model"]["dims"] == [8, 16, 24, 32]
-  from bloodcell_jax.checkpointing import restore_params
   from bloodcell_jax.train import params_digest
   restored, step = restore_params(str(workdir), "last")
   assert f"final parameters sha256 {params_digest(restored)}" in result.stdout

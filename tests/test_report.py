@@ -10,7 +10,7 @@ from PIL import Image
 
 from bloodcell_jax import plots, report
 from bloodcell_jax.classes import CLASS_NAMES
-from bloodcell_jax.compare import compare
+from bloodcell_jax.tools.compare import compare
 from bloodcell_jax.errors import UserInputError
 from bloodcell_jax.metrics import detailed_metrics, expected_calibration_error, reliability_bins
 

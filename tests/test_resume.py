@@ -14,7 +14,7 @@ import pytest
 
 from bloodcell_jax import checkpointing
 from bloodcell_jax.errors import UserInputError
-from conftest import ROOT, run_main, subprocess_env
+from conftest import ROOT, restore_params, run_main, subprocess_env
 
 # 256 training images of the bundled sample, 16 steps per epoch, a checkpoint every 3 steps.
 ARGS = ["--config", "configs/quickstart.py", "--config.eval.report=False",
@@ -32,8 +32,8 @@ def _rows(workdir):
 
 
 def _assert_same_params(a, b):
-  pa, _ = checkpointing.restore_params(a, "last")
-  pb, _ = checkpointing.restore_params(b, "last")
+  pa, _ = restore_params(a, "last")
+  pb, _ = restore_params(b, "last")
   import jax
   for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
     np.testing.assert_array_equal(x, y)

@@ -9,9 +9,11 @@ import pytest
 from flax import jax_utils
 
 from bloodcell_jax import optim
+from bloodcell_jax.augment import parse
+from bloodcell_jax.distributed import AXIS, unreplicate
 from bloodcell_jax.models import create_model
-from bloodcell_jax.steps import AXIS, StepConfig, create_train_state, eval_step, init_params, train_step, unreplicate
-from conftest import tiny_config
+from bloodcell_jax.steps import StepConfig, create_train_state, eval_step, train_step
+from conftest import init_params, tiny_config
 
 CFG = StepConfig(num_classes=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), l2=1e-3)
 
@@ -153,7 +155,7 @@ def test_eval_never_augments_and_train_augments_per_policy():
   weights = jnp.ones(8)
   outputs = {}
   for policy in ("none", "heavy"):
-    cfg = StepConfig(num_classes=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), augment=policy)
+    cfg = StepConfig(num_classes=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), augment=parse(policy))
     run_eval = jax.pmap(functools.partial(eval_step, model=model, cfg=cfg), axis_name=AXIS,
                         devices=jax.local_devices()[:1])
     run_train = jax.pmap(functools.partial(train_step, model=model, tx=tx, cfg=cfg), axis_name=AXIS,

@@ -12,8 +12,9 @@ from bloodcell_jax import tta
 from bloodcell_jax.export import export_checkpoint
 from bloodcell_jax.exported_model import ExportedClassifier
 from bloodcell_jax.models import create_model
-from bloodcell_jax.steps import AXIS, StepConfig, eval_step, init_params, normalize
-from conftest import tiny_config
+from bloodcell_jax.distributed import AXIS
+from bloodcell_jax.steps import StepConfig, eval_step, normalize
+from conftest import init_params, tiny_config
 
 
 def test_views_are_the_dihedral_group():

@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from bloodcell_jax.augment import colour, degrade, geometric, mixing
-from bloodcell_jax.augment.sampling import FILL_MODES
 
 IMAGE_OPS = {
     "dihedral": geometric.dihedral, "affine": geometric.random_affine, "rotate": geometric.rotate,
@@ -153,8 +152,6 @@ def augment_batch(key: jax.Array, images: jax.Array, targets: jax.Array, policy:
       policy = parse(policy)
     except ValueError as e:
       raise ValueError(f"augment policy: {e}") from None
-  if fill_mode not in FILL_MODES:
-    raise ValueError(f"fill_mode must be one of {FILL_MODES}, got {fill_mode!r}")
   images = to_unit_range(images)
   if not policy.entries and not policy.randaugment_layers:
     return images, targets

@@ -11,6 +11,12 @@ import jax.numpy as jnp
 FILL_MODES = ("reflect", "constant", "nearest")
 
 
+def check_fill_mode(fill_mode: str) -> str:
+  if fill_mode not in FILL_MODES:
+    raise ValueError(f"{fill_mode!r} is not one of {', '.join(FILL_MODES)}")
+  return fill_mode
+
+
 def _fold_index(index: jax.Array, size: int, fill_mode: str) -> jax.Array:
   if fill_mode == "reflect":  # mirror with the edge pixel repeated: ... 1 0 | 0 1 2 ... n-1 | n-1 n-2 ...
     index = jnp.mod(index, 2 * size)
@@ -25,8 +31,7 @@ def sample(image: jax.Array, ys: jax.Array, xs: jax.Array, fill_mode: str = "ref
   order 1 is bilinear, order 0 nearest. Outside the image, `fill_mode` decides: "reflect" mirrors,
   "nearest" repeats the edge, "constant" blends towards `cval`.
   """
-  if fill_mode not in FILL_MODES:
-    raise ValueError(f"fill_mode must be one of {FILL_MODES}, got {fill_mode!r}")
+  check_fill_mode(fill_mode)
   h, w = image.shape[:2]
   if order == 0:
     ys, xs = jnp.round(ys), jnp.round(xs)

@@ -52,11 +52,10 @@ def load_train_val(data: ml_collections.ConfigDict) -> TrainValData:
   train split only: its validation split is left as it is).
   """
   sets = load_source(data.source, data.image_size, min_classes=2)
-  clean = data.get("clean", False)
-  if clean:
+  if data.clean:
     for name in ("train", "all"):
       if name in sets:
-        sets[name] = cleaned(sets[name], Thresholds(), data.get("clean_cache") or CACHE_DIR)
+        sets[name] = cleaned(sets[name], Thresholds(), data.clean_cache or CACHE_DIR)
   if "train" in sets and "val" in sets:
     return TrainValData(sets["train"], sets["val"], "the source's own train/val split")
   pool = sets.get("train", sets.get("all"))

@@ -3,8 +3,13 @@
 import numpy as np
 
 from bloodcell_jax.atomic_files import write_json_atomic
-
 from bloodcell_jax.data.sources import ImageSet
+
+
+def check_val_fraction(val_fraction: float) -> float:
+  if not 0.0 < val_fraction < 1.0:
+    raise ValueError(f"{val_fraction} must lie in (0, 1)")
+  return val_fraction
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -12,8 +17,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 
   A class with at least two examples keeps at least one on each side.
   """
-  if not 0.0 < val_fraction < 1.0:
-    raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+  check_val_fraction(val_fraction)
   rng = np.random.default_rng(seed)
   train, val = [], []
   for c in np.unique(labels):

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
-from bloodcell_jax.models.cnn import SimpleCNN
-from bloodcell_jax.steps import AXIS as BATCH_AXIS  # the train step's pmap axis: BatchNorm averages over it
+from bloodcell_jax.distributed import AXIS as BATCH_AXIS  # BatchNorm's batch statistics average over it
 from bloodcell_jax.models import efficientnet
+from bloodcell_jax.models.cnn import SimpleCNN
 from bloodcell_jax.models.convnext import VARIANTS, ConvNeXt
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -21,8 +21,8 @@ def _convnext(cfg: ml_collections.ConfigDict, num_classes: int, dtype) -> nn.Mod
   depths, dims = VARIANTS[cfg.variant]
   return ConvNeXt(
       num_classes=num_classes,
-      depths=tuple(cfg.get("depths") or depths),
-      dims=tuple(cfg.get("dims") or dims),
+      depths=tuple(cfg.depths or depths),
+      dims=tuple(cfg.dims or dims),
       drop_path_rate=cfg.drop_path_rate,
       head_dropout=cfg.head_dropout,
       depthwise_impl=cfg.depthwise_impl,
@@ -38,7 +38,7 @@ def _efficientnet(cfg: ml_collections.ConfigDict, num_classes: int, dtype) -> nn
   if cfg.variant not in efficientnet.VARIANTS:
     raise ValueError(f"unknown {cfg.name} variant {cfg.variant!r}; choose one of {', '.join(efficientnet.VARIANTS)}")
   arch = efficientnet.VARIANTS[cfg.variant]
-  width, depth = cfg.get("width_multiplier", 1.0), cfg.get("depth_multiplier", 1.0)
+  width, depth = cfg.width_multiplier, cfg.depth_multiplier
   if width <= 0 or depth <= 0:
     raise ValueError(f"model.width_multiplier={width} and model.depth_multiplier={depth} must be positive")
   arch = dataclasses.replace(arch, channel_multiplier=arch.channel_multiplier * width,

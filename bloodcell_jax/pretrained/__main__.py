@@ -11,13 +11,11 @@ import json
 import os
 import sys
 
+from bloodcell_jax.config.defaults import IMAGENET_MEAN, IMAGENET_STD
 from bloodcell_jax.errors import UserInputError, cli_exit_status
 from bloodcell_jax.pretrained import convert, save
 from bloodcell_jax.pretrained.readers import fetch_timm, read_file, sha256_of
 from bloodcell_jax.pretrained.store import DEFAULT_ROOT
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def normalisation(source_config: dict) -> tuple[list, list]:

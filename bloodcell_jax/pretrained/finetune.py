@@ -13,7 +13,7 @@ from bloodcell_jax.pretrained import store
 
 def apply_to_config(config) -> dict | None:
   """Sets model depths/dims/variant and data mean/std from `model.init_from`; returns its metadata."""
-  source = config.model.get("init_from", "")
+  source = config.model.init_from
   if not source:
     return None
   directory = store.resolve(source)
@@ -28,7 +28,7 @@ def apply_to_config(config) -> dict | None:
     config.model.dims = tuple(meta["dims"])
   config.data.mean = tuple(meta["mean"])
   config.data.std = tuple(meta["std"])
-  if config.model.get("keep_head", False) and meta["num_classes"] != NUM_CLASSES:
+  if config.model.keep_head and meta["num_classes"] != NUM_CLASSES:
     raise UserInputError(f"config: model.keep_head needs a {NUM_CLASSES}-class head; {directory} has "
                          f"{meta['num_classes']} classes")
   logging.info("starting from %s (%s, %s %s); input mean %s std %s", directory, meta["source"], family,
@@ -43,7 +43,7 @@ def merge_into(params: dict, model_state: dict, config) -> tuple[dict, dict]:
   """(params, model_state) freshly initialised, with every pretrained tensor copied in except, by
   default, the classifier."""
   variables, _ = store.load_variables(config.model.init_from)
-  keep_head = config.model.get("keep_head", False)
+  keep_head = config.model.keep_head
   merged = dict(params)
   for name, value in variables["params"].items():
     if name in HEADS and not keep_head:

@@ -1,7 +1,7 @@
 """Download the public BloodMNIST files with checksum verification; say where PBC lives.
 
-  python -m bloodcell_jax.download bloodmnist --size 64 --dest data/
-  python -m bloodcell_jax.download pbc
+  python -m bloodcell_jax.tools.download bloodmnist --size 64 --dest data/
+  python -m bloodcell_jax.tools.download pbc
 
 A download streams into `<name>.part` beside the destination and is renamed only once its MD5
 matches the published one, so an interrupted or corrupted transfer never leaves a file that
@@ -89,7 +89,7 @@ def download(url: str, dest: str, md5: str, attempts: int = 3, timeout: float = 
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m bloodcell_jax.download", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m bloodcell_jax.tools.download", description=__doc__.split("\n")[0])
   parser.add_argument("dataset", choices=("bloodmnist", "pbc"))
   parser.add_argument("--size", type=int, default=64, choices=sorted(BLOODMNIST), help="BloodMNIST image size")
   parser.add_argument("--dest", default="data", help="folder to write into")

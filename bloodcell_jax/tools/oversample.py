@@ -1,7 +1,7 @@
 """Offline oversampling: raise every class to a target count with geometric augmentation, as the
 report did (each class to about 5,500 images), and write the result as a new npz file.
 
-  python -m bloodcell_jax.oversample --data ../shared/data/pbc96 --target 5500 --output balanced.npz
+  python -m bloodcell_jax.tools.oversample --data ../shared/data/pbc96 --target 5500 --output balanced.npz
 
 Originals are kept as they are; the added images are random dihedral flips/rotations plus a random
 affine warp (rotation, scale, shear; mirrored edges) of randomly chosen originals of the same
@@ -42,7 +42,7 @@ def oversample(images: np.ndarray, labels: np.ndarray, target: int, seed: int = 
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m bloodcell_jax.oversample", description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m bloodcell_jax.tools.oversample", description=__doc__.split("\n\n")[0])
   parser.add_argument("--data", required=True, help="npz file or folder of class folders")
   parser.add_argument("--target", type=int, required=True, help="images per class after oversampling")
   parser.add_argument("--output", required=True, help="the new .npz file")

@@ -1,6 +1,6 @@
 """Compares training runs in one table (Markdown and CSV), like the report's Table 1.
 
-  python -m bloodcell_jax.compare checkpoints/cnn checkpoints/cpu_small --test=bloodmnist_test --output docs/results
+  python -m bloodcell_jax.tools.compare checkpoints/cnn checkpoints/cpu_small --test=bloodmnist_test --output docs/results
 
 Each run directory is read, not re-evaluated: config.json (model, image size), run.json
 (parameters, machine), metrics.jsonl (epochs, training time, the best epoch's train accuracy) and

@@ -1,4 +1,4 @@
-"""python -m bloodcell_jax.clean --data SOURCE [--dry_run] [--output PATH] [thresholds]
+"""python -m bloodcell_jax.tools.clean --data SOURCE [--dry_run] [--output PATH] [thresholds]
 
 Reads a data source (course/MedMNIST npz or a folder of class folders), finds blended non-cell
 outliers, exact and near duplicates, blank/saturated images and images of the wrong size or colour
@@ -29,7 +29,7 @@ from bloodcell_jax.data.hygiene import Thresholds, find_problems
 from bloodcell_jax.data.sources import load_source, resolve_path
 from bloodcell_jax.errors import UserInputError, cli_exit_status
 from bloodcell_jax.losses import class_weights
-from bloodcell_jax.oversample import oversample
+from bloodcell_jax.tools.oversample import oversample
 
 REASONS = ("blended_outlier", "exact_duplicate", "near_duplicate", "blank", "saturated", "colour_layout",
            "wrong_size")
@@ -173,7 +173,7 @@ def clean(source: str, thresholds: Thresholds = Thresholds(), dry_run: bool = Fa
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m bloodcell_jax.clean", description=__doc__.split("\n\n")[1])
+  parser = argparse.ArgumentParser(prog="python -m bloodcell_jax.tools.clean", description=__doc__.split("\n\n")[1])
   parser.add_argument("--data", required=True)
   parser.add_argument("--output", help="default: <input>_clean.npz or <input>_clean/ beside the input")
   parser.add_argument("--dry_run", action="store_true", help="only report")
