@@ -31,6 +31,8 @@ import numpy as np  # noqa: E402
 # The public ConvNeXtTiny/Small/Base take no stochastic-depth rate; the builder behind them does.
 from keras.src.applications.convnext import ConvNeXt  # noqa: E402
 
+from bloodcell_jax.benchmark import time_steps  # noqa: E402  (the loop main.py --mode=benchmark times with)
+
 MODELS = {"convnext_tiny": ([3, 3, 9, 3], [96, 192, 384, 768]), "convnext_small": ([3, 3, 27, 3], [96, 192, 384, 768]),
           "convnext_base": ([3, 3, 27, 3], [128, 256, 512, 1024])}
 
@@ -58,14 +60,7 @@ def time_train(args) -> dict:
   start = time.perf_counter()
   step()
   first_step_s = time.perf_counter() - start
-  for _ in range(args.warmup):
-    step()
-  rates = []
-  for _ in range(args.repeats):
-    start = time.perf_counter()
-    for _ in range(args.steps):
-      step()
-    rates.append(args.batch * args.steps / (time.perf_counter() - start))
+  rates = [args.batch / t for t in time_steps(step, args.steps, args.repeats, args.warmup)]
   return {"images_per_s": statistics.median(rates), "images_per_s_min": min(rates),
           "images_per_s_max": max(rates), "first_step_s": first_step_s, "parameters": model.count_params()}
 

@@ -15,12 +15,16 @@ Hugging Face transformers' ConvNextForImageClassification, the same architecture
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bloodcell_jax.benchmark import time_steps  # noqa: E402  (the loop main.py --mode=benchmark times with)
 
 VARIANTS = {  # depths, dims (timm's convnext_*)
     "convnext_atto": ([2, 2, 6, 2], [40, 80, 160, 320]),
@@ -51,6 +55,20 @@ def build_optimizer(params, lr: float):
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.05)
 
 
+class Pending:
+  """A step's loss for `time_steps`: `jax.block_until_ready` calls a leaf's own `block_until_ready()`,
+  here a read of the loss and, on CUDA, a synchronize, so steps within a repeat still run unsynchronised."""
+
+  def __init__(self, loss: torch.Tensor, device: torch.device):
+    self.loss, self.device = loss, device
+
+  def block_until_ready(self):
+    self.loss.item()
+    if self.device.type == "cuda":
+      torch.cuda.synchronize()
+    return self
+
+
 def time_train(args, mode: str, device: torch.device) -> dict:
   torch.manual_seed(0)
   model = build_model(args.impl, args.model, args.drop_path).to(device).to(memory_format=torch.channels_last)
@@ -73,27 +91,12 @@ def time_train(args, mode: str, device: torch.device) -> dict:
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
-    return loss
-
-  def sync():
-    if device.type == "cuda":
-      torch.cuda.synchronize()
+    return Pending(loss, device)
 
   start = time.perf_counter()
-  step()
-  sync()
+  step().block_until_ready()
   first_step_s = time.perf_counter() - start
-  for _ in range(args.warmup):
-    step()
-  sync()
-  rates = []
-  for _ in range(args.repeats):
-    start = time.perf_counter()
-    for _ in range(args.steps):
-      loss = step()
-    loss.item()
-    sync()
-    rates.append(args.batch * args.steps / (time.perf_counter() - start))
+  rates = [args.batch / t for t in time_steps(step, args.steps, args.repeats, args.warmup)]
   result = {"images_per_s": statistics.median(rates), "images_per_s_min": min(rates),
             "images_per_s_max": max(rates), "first_step_s": first_step_s}
   if device.type == "cuda":

@@ -14,12 +14,11 @@ DROP_PATH = {"atto": 0.0, "femto": 0.0, "pico": 0.0, "nano": 0.05, "tiny": 0.1, 
              "large": 0.5, "xlarge": 0.5}
 
 
-def convnext_config(variant: str):
+def accelerator_config():
+  """The data, precision, optimiser and schedule every accelerator config shares; the model is the caller's."""
   config = default.get_config()
   config.data.source = "../shared/data/pbc96"
   config.data.image_size = 96
-  config.model.variant = variant
-  config.model.drop_path_rate = DROP_PATH[variant]
   config.model.dtype = "bfloat16"
   config.optim.learning_rate = 2e-4
   config.optim.weight_decay = 0.05
@@ -27,6 +26,14 @@ def convnext_config(variant: str):
   config.train.batch_size = 128
   config.train.num_epochs = 60
   config.train.early_stopping_patience = 15
+  return config
+
+
+def convnext_config(variant: str):
+  config = accelerator_config()
+  config.model.name = "convnext"
+  config.model.variant = variant
+  config.model.drop_path_rate = DROP_PATH[variant]
   return config
 
 
@@ -39,7 +46,7 @@ def efficientnet_config(variant: str):
   """EfficientNet / EfficientNetV2 / MobileNetV3 (timm's name in `variant`) with BatchNorm; to
   fine-tune ImageNet weights, port them once (`python -m bloodcell_jax.pretrained
   efficientnet_b0.ra_in1k`) and add `--config.model.init_from=efficientnet_b0.ra_in1k`."""
-  config = convnext_config("tiny")
+  config = accelerator_config()
   config.model.name = "efficientnet"
   config.model.variant = variant
   config.model.head_dropout, config.model.drop_path_rate = EFFICIENTNET_REGULARISATION[variant]

@@ -3,7 +3,7 @@
 The report's best model was an ImageNet-pretrained ConvNeXt-Base; this config trains the same
 architecture from scratch until ported weights can be loaded (init_from).
 
-Result: not measured yet (no accelerator was available when this config was written); run
+Result: not measured yet; run
 `python main.py --config configs/convnext_base.py` and record the figure here with the machine.
 """
 

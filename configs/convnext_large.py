@@ -2,7 +2,7 @@
 
 ConvNeXt-Large (timm's variant) for accelerators.
 
-Result: not measured yet (no accelerator was available when this config was written); run
+Result: not measured yet; run
 `python main.py --config configs/convnext_large.py` and record the figure here with the machine.
 """
 

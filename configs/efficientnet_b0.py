@@ -5,7 +5,7 @@ BatchNorm statistics are averaged over all devices of the global batch in traini
 evaluation. ImageNet weights: `python -m bloodcell_jax.pretrained efficientnet_b0.ra_in1k`, then
 `--config.model.init_from=efficientnet_b0.ra_in1k`.
 
-Result: not measured yet (no accelerator in the session that wrote it); record it here with the machine.
+Result: not measured yet; record it here with the machine and the date.
 """
 
 from configs.accelerator import efficientnet_config

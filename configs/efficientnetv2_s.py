@@ -4,7 +4,7 @@
 ImageNet-21k weights: `python -m bloodcell_jax.pretrained tf_efficientnetv2_s.in21k_ft_in1k`, then
 `--config.model.init_from=tf_efficientnetv2_s.in21k_ft_in1k`.
 
-Result: not measured yet (no accelerator in the session that wrote it); record it here with the machine.
+Result: not measured yet; record it here with the machine and the date.
 """
 
 from configs.accelerator import efficientnet_config

@@ -43,11 +43,13 @@ def upgrade(values: Mapping, source: str = "config") -> ml_collections.ConfigDic
   return config
 
 
-def _check(field: str, rule: Callable, value) -> None:
+def _check(field: str, rule: Callable, value, separator: str = "=") -> None:
+  """`rule(value)`; its ValueError as `config: field=<message>` (messages that start with the value)
+  or, with separator ": ", `config: field: <message>` (a parser's own sentence)."""
   try:
     rule(value)
   except ValueError as e:
-    raise UserInputError(f"config: {field}: {e}") from None
+    raise UserInputError(f"config: {field}{separator}{e}") from None
 
 
 def _one_of(allowed) -> Callable:
@@ -60,7 +62,7 @@ def _one_of(allowed) -> Callable:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Rejects values that would otherwise fail deep inside tracing, naming the field."""
   _check("data.fill_mode", check_fill_mode, config.data.fill_mode)
-  _check("data.augment", parse_policy, config.data.augment)
+  _check("data.augment", parse_policy, config.data.augment, ": ")
   _check("data.val_fraction", check_val_fraction, config.data.val_fraction)
   if config.data.image_size < 32:
     raise UserInputError(f"config: data.image_size={config.data.image_size} is below the minimum of 32")
@@ -74,7 +76,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UserInputError(f"config: train.num_epochs={config.train.num_epochs} must be at least 1")
   if config.checkpoint.every_steps < 0 or config.checkpoint.keep < 1:
     raise UserInputError("config: checkpoint.every_steps must be >= 0 and checkpoint.keep >= 1")
-  _check("eval.tta", tta.check, config.eval.tta)
+  _check("eval.tta", tta.check, config.eval.tta, ": ")
   try:
     create_model(config.model, NUM_CLASSES)
   except ValueError as e:

@@ -1,7 +1,9 @@
-"""ImageNet-pretrained ConvNeXt weights: port them from timm / facebook / Hugging Face checkpoints,
-store them under checkpoints/pretrained/<name>/, and start fine-tuning from them (`model.init_from`).
+"""ImageNet-pretrained weights for ConvNeXt and the EfficientNet / EfficientNetV2 / MobileNetV3 family: port
+them from timm checkpoints (ConvNeXt also from facebookresearch/ConvNeXt and Hugging Face ones), store them under
+checkpoints/pretrained/<name>/, and start fine-tuning from them (`model.init_from`).
 
   python -m bloodcell_jax.pretrained convnext_tiny.fb_in22k_ft_in1k     # fetched from the Hub
+  python -m bloodcell_jax.pretrained efficientnet_b0.ra_in1k            # likewise
   python -m bloodcell_jax.pretrained path/to/convnext_tiny_22k_1k_224.pth --name convnext_tiny_fb
 """
 
