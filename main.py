@@ -11,7 +11,6 @@ Bad input (data, config values, paths) is reported as one line and exit status 2
 
 import logging as std_logging
 import os
-import re
 import sys
 
 import bloodcell_jax  # noqa: F401  (selects the JAX backend before JAX loads)
@@ -19,10 +18,10 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bloodcell_jax import (benchmark, compilation_cache, distributed, export, inference, platform_setup, preview,
-                           train)
+from bloodcell_jax import (benchmark, cli, compilation_cache, distributed, export, inference, platform_setup,
+                           preview, train)
 from bloodcell_jax import config as config_rules
-from bloodcell_jax.errors import TrainingDiverged, UserInputError
+from bloodcell_jax.errors import RunFailure, UserInputError
 
 MODES = ("train", "eval", "predict", "export", "benchmark", "preview")  # see CONFIG_MODES and RUN_MODES
 
@@ -132,38 +131,6 @@ def run(argv) -> None:
     RUN_MODES[FLAGS.mode](os.path.abspath(FLAGS.workdir))
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parse, with a bad flag, config file or config override as one `error:` line, exit status 2."""
-  try:
-    rest = FLAGS(argv)
-    if FLAGS.config is not None:
-      FLAGS.config.keys()  # config_flags loads the file lazily: fail here, not in the middle of a mode
-    return rest
-  except Exception as e:  # ml_collections reports its errors as tracebacks, absl's may hold one
-    print(f"error: {_flag_error(argv, e)}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _flag_error(argv: list[str], error: Exception) -> str:
-  """One line: the config file that does not load, the override naming a field the config lacks, or
-  absl's own message (with the last line of a traceback it carries)."""
-  config_path = next((v for a, v in zip(argv, argv[1:] + [""]) if a == "--config"),
-                     next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), ""))
-  lines = [line for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
-  if config_path and not os.path.exists(config_path.split(":")[0]):
-    return f"--config {config_path}: no such file"
-  if isinstance(error, (AttributeError, KeyError)):
-    for override in (a.split("=")[0] for a in argv if a.startswith("--config.")):
-      missing = [c for c in override.split(".")[1:] if re.search(rf"\b{re.escape(c)}\b", str(error))]
-      if missing:
-        hint = re.search(r"Did you mean \W*(\w+)", str(error))
-        return (f"{override}: the config has no field {missing[0]!r}" +
-                (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
-  if isinstance(error, flags.Error):
-    return lines[0] + (f" {lines[-1].strip()}" if len(lines) > 1 else "")
-  return f"--config {config_path}: does not load ({type(error).__name__}: {lines[0]})"
-
-
 class _QuietLibraries(std_logging.Filter):
   """Keeps Orbax's per-save INFO chatter off the console; its warnings and errors still show."""
 
@@ -178,10 +145,10 @@ def main(argv) -> None:
     logging.info("CPU backend: glibc keeps freed memory for the next step (GLIBC_TUNABLES overrides this)")
   try:
     run(argv)
-  except (UserInputError, TrainingDiverged) as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (UserInputError, RunFailure) as e:
+    cli.error(e)
     sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.main_flags_parser(FLAGS))

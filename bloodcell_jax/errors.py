@@ -20,13 +20,3 @@ class TrainingDiverged(RunFailure):
 class CheckpointWriteError(RunFailure):
   """A checkpoint could not be written; earlier checkpoints are untouched."""
 
-
-def cli_exit_status(run) -> int:
-  """Runs a command-line entry point: 0, or 2 after one `error: ...` line for bad input."""
-  import sys
-  try:
-    run()
-  except UserInputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0

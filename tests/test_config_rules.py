@@ -119,7 +119,7 @@ def test_step_config_carries_the_parsed_policy():
 
 @pytest.mark.parametrize("args, expected", [
     (["--config.train.no_such_field=3"], "--config.train.no_such_field: the config has no field 'no_such_field'"),
-    (["--config.train.batch_sizee=3"], "the config has no field 'batch_sizee' (did you mean 'batch_size'?)"),
+    (["--config.train.batch_sizee=3"], "the config has no field 'batch_sizee' (closest: batch_size)"),
     (["--config.nosection.x=1"], "--config.nosection.x: the config has no field 'nosection'"),
     (["--config.train.num_epochs=abc"], "flag --config.train.num_epochs=abc: invalid literal for int()"),
     (["--config=configs/no_such_config.py"], "--config configs/no_such_config.py: no such file"),

@@ -80,3 +80,10 @@ def test_http_error_and_cli_exit_codes(server, tmp_path, capsys):
   assert os.listdir(tmp_path) == []
   assert download.main(["pbc"]) == 0
   assert "doi:10.17632/snkd93bnjr.1" in capsys.readouterr().out
+  for argv, message in ((["bloodmnist", "--size", "30"], "--size must be one of 28, 64, 128, 224"),
+                        (["imagenet"], "imagenet: unknown dataset; choose one of bloodmnist, pbc"),
+                        ([], "missing DATASET"), (["bloodmnist", "--attempts=0"], "--attempts=0")):
+    assert download.main(argv + [f"--dest={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+  assert os.listdir(tmp_path) == []

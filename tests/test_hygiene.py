@@ -137,6 +137,15 @@ def test_npz_output_keeps_the_format_and_dry_run_writes_nothing(tmp_path, capsys
     manifest = json.load(f)
   assert [(e["index"], e["reason"], e["group"]) for e in manifest["removed"]] == [(5, "exact_duplicate", 4)]
   assert main(["--data", str(tmp_path / "missing.npz")]) == 2
+  capsys.readouterr()
+  # Every threshold is a flag: an impossible blank_std marks every image blank.
+  assert main(["--data", str(source), "--dry_run", "--blank_std=300"]) == 0
+  assert "training_set.npz: 40 images, 40 to remove" in capsys.readouterr().out
+  assert main(["--data", str(source), "--near_duplicate=high"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: flag --near_duplicate=high:")
+  assert main(["--dry_run"]) == 2
+  assert "the flag --data is required" in capsys.readouterr().err
 
 
 def test_training_cleans_and_caches(tmp_path):

@@ -19,7 +19,7 @@ FLOORS = (
     ("config", ("config", "config.*")),
     ("run services", ("evaluation", "checkpointing", "progress", "report", "robustness")),
     ("modes", ("train", "inference", "export", "benchmark", "preview")),
-    ("tools", ("tools", "tools.*", "pretrained.__main__")),
+    ("tools", ("tools", "tools.*", "pretrained.__main__", "cli")),
 )
 # Groups on one floor that must not import each other (by first name component, or whole module name).
 INDEPENDENT = {

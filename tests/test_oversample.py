@@ -26,3 +26,8 @@ def test_oversample_command_writes_a_course_format_file(tmp_path, capsys):
   assert main(["--data", "sample", "--target", "45", "--output", str(tmp_path / "x.csv")]) == 2
   assert "must be an .npz" in capsys.readouterr().err
   assert not list(tmp_path.glob("*.tmp*"))
+  assert main(["--data", "sample", "--output", str(output)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: the flag --target is required")
+  assert main(["--data", "sample", "--target", "many", "--output", str(output)]) == 2
+  assert capsys.readouterr().err.startswith("error: flag --target=many:")

@@ -10,6 +10,7 @@ from PIL import Image
 
 from bloodcell_jax import plots, report
 from bloodcell_jax.classes import CLASS_NAMES
+from bloodcell_jax.tools import compare as compare_tool
 from bloodcell_jax.tools.compare import compare
 from bloodcell_jax.errors import UserInputError
 from bloodcell_jax.metrics import detailed_metrics, expected_calibration_error, reliability_bins
@@ -128,4 +129,12 @@ def test_compare_refuses_a_directory_that_is_not_a_run(tmp_path):
     compare([str(tmp_path)], str(tmp_path / "table"))
   with pytest.raises(UserInputError, match="no such run directory"):
     compare([str(tmp_path / "missing")], str(tmp_path / "table"))
+  assert not os.path.exists(tmp_path / "table.md")
+
+
+def test_compare_command_takes_run_directories_as_positional_arguments(tmp_path, capsys):
+  assert compare_tool.main([str(tmp_path), f"--output={tmp_path / 'table'}", "--test", "bloodmnist_test"]) == 2
+  assert capsys.readouterr().err == f"error: {tmp_path}: no config.json; not the run directory of a training run\n"
+  assert compare_tool.main([f"--output={tmp_path / 'table'}"]) == 2
+  assert capsys.readouterr().err.startswith("error: missing RUN_DIR (usage: python -m bloodcell_jax.tools.compare ")
   assert not os.path.exists(tmp_path / "table.md")

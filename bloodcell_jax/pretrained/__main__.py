@@ -1,4 +1,4 @@
-"""python -m bloodcell_jax.pretrained SOURCE [--name NAME] [--out DIR] [--overwrite]
+"""python -m bloodcell_jax.pretrained SOURCE [--name NAME] [--out DIR] [--overwrite] [--variant NAME]
 
 SOURCE: a timm model name (fetched from the Hugging Face Hub, e.g. convnext_base.fb_in22k_ft_in1k,
 efficientnet_b0.ra_in1k, tf_efficientnetv2_s.in21k_ft_in1k, mobilenetv3_small_100.lamb_in1k), a
@@ -6,16 +6,18 @@ efficientnet_b0.ra_in1k, tf_efficientnetv2_s.in21k_ft_in1k, mobilenetv3_small_10
 ConvNextForImageClassification directory. Writes checkpoints/pretrained/<name>/.
 """
 
-import argparse
 import json
 import os
 import sys
 
+from absl import flags
+
 from bloodcell_jax.config.defaults import IMAGENET_MEAN, IMAGENET_STD
-from bloodcell_jax.errors import UserInputError, cli_exit_status
+from bloodcell_jax.errors import UserInputError
 from bloodcell_jax.pretrained import convert, save
 from bloodcell_jax.pretrained.readers import fetch_timm, read_file, sha256_of
 from bloodcell_jax.pretrained.store import DEFAULT_ROOT
+from bloodcell_jax import cli
 
 
 def normalisation(source_config: dict) -> tuple[list, list]:
@@ -55,16 +57,19 @@ def port(source: str, name: str | None = None, out: str = DEFAULT_ROOT, overwrit
   return directory
 
 
+FLAGS = flags.FlagValues()  # this tool's own, not absl's global FLAGS (main.py's); see bloodcell_jax/cli.py
+flags.DEFINE_string("name", None, "Directory name under --out (default: the timm name or file name).",
+                    flag_values=FLAGS)
+flags.DEFINE_string("out", DEFAULT_ROOT, "Folder the ported weights are written under.", flag_values=FLAGS)
+flags.DEFINE_bool("overwrite", False, "Replace weights already ported under that name.", flag_values=FLAGS)
+flags.DEFINE_string("variant", None, "EfficientNet family: timm's model name where the file's name does not tell it "
+                    "(efficientnet_b0 and tf_efficientnet_b0 have the same shapes).", flag_values=FLAGS)
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m bloodcell_jax.pretrained", description=__doc__.split("\n\n")[1])
-  parser.add_argument("source")
-  parser.add_argument("--name", help="directory name under --out (default: the timm name or file name)")
-  parser.add_argument("--out", default=DEFAULT_ROOT)
-  parser.add_argument("--overwrite", action="store_true")
-  parser.add_argument("--variant", help="EfficientNet family: timm's model name where the file's name does not "
-                      "tell it (efficientnet_b0 and tf_efficientnet_b0 have the same shapes)")
-  args = parser.parse_args(argv)
-  return cli_exit_status(lambda: port(args.source, args.name, args.out, args.overwrite, args.variant))
+  return cli.run("python -m bloodcell_jax.pretrained", __doc__, FLAGS, argv,
+                 lambda source: port(source, FLAGS.name, FLAGS.out, FLAGS.overwrite, FLAGS.variant),
+                 positionals=("SOURCE",))
 
 
 if __name__ == "__main__":

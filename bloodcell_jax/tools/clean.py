@@ -12,7 +12,6 @@ class weights training would use), and unless --dry_run writes beside the input:
 The input is never modified; every output is written under a temporary name and renamed.
 """
 
-import argparse
 import collections
 import io
 import os
@@ -21,14 +20,16 @@ import sys
 import time
 
 import numpy as np
+from absl import flags
 from PIL import Image, ImageDraw
 
 from bloodcell_jax.atomic_files import write_bytes_atomic, write_json_atomic, write_npz_atomic
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
 from bloodcell_jax.data.hygiene import Thresholds, find_problems
 from bloodcell_jax.data.sources import load_source, resolve_path
-from bloodcell_jax.errors import UserInputError, cli_exit_status
+from bloodcell_jax.errors import UserInputError
 from bloodcell_jax.losses import class_weights
+from bloodcell_jax import cli
 from bloodcell_jax.tools.oversample import oversample
 
 REASONS = ("blended_outlier", "exact_duplicate", "near_duplicate", "blank", "saturated", "colour_layout",
@@ -172,25 +173,29 @@ def clean(source: str, thresholds: Thresholds = Thresholds(), dry_run: bool = Fa
   return manifest
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m bloodcell_jax.tools.clean", description=__doc__.split("\n\n")[1])
-  parser.add_argument("--data", required=True)
-  parser.add_argument("--output", help="default: <input>_clean.npz or <input>_clean/ beside the input")
-  parser.add_argument("--dry_run", action="store_true", help="only report")
-  parser.add_argument("--image_size", type=int, default=96)
-  parser.add_argument("--balance_target", type=int, default=0,
-                      help="also write <output>_balanced.npz with every class oversampled to this count")
-  defaults = Thresholds()
-  for field in vars(defaults):
-    parser.add_argument(f"--{field}", type=type(getattr(defaults, field)), default=getattr(defaults, field))
-  args = parser.parse_args(argv)
-  thresholds = Thresholds(**{k: getattr(args, k) for k in vars(defaults)})
-  def run():
-    if args.balance_target < 0:
-      raise UserInputError(f"--balance_target={args.balance_target} must be positive")
-    clean(args.data, thresholds, args.dry_run, args.output, args.image_size, args.balance_target)
+FLAGS = flags.FlagValues()  # this tool's own, not absl's global FLAGS (main.py's); see bloodcell_jax/cli.py
+flags.DEFINE_string("data", None, "The data source: an npz file or a folder of class folders.", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "Default: <input>_clean.npz or <input>_clean/ beside the input.", flag_values=FLAGS)
+flags.DEFINE_bool("dry_run", False, "Only report; write nothing.", flag_values=FLAGS)
+flags.DEFINE_integer("image_size", 96, "Image size the source is read at.", flag_values=FLAGS)
+flags.DEFINE_integer("balance_target", 0, "Also write <output>_balanced.npz with every class oversampled to this "
+                     "count.", flag_values=FLAGS)
+for _field, _default in vars(Thresholds()).items():  # one flag per threshold, typed like its default
+  {int: flags.DEFINE_integer, float: flags.DEFINE_float}[type(_default)](
+      _field, _default, "A hygiene threshold (see Thresholds in bloodcell_jax/data/hygiene.py).",
+      flag_values=FLAGS)
+del _field, _default
+flags.mark_flag_as_required("data", flag_values=FLAGS)
 
-  return cli_exit_status(run)
+
+def main(argv=None) -> int:
+  def run():
+    if FLAGS.balance_target < 0:
+      raise UserInputError(f"--balance_target={FLAGS.balance_target} must be positive")
+    thresholds = Thresholds(**{k: FLAGS[k].value for k in vars(Thresholds())})
+    clean(FLAGS.data, thresholds, FLAGS.dry_run, FLAGS.output, FLAGS.image_size, FLAGS.balance_target)
+
+  return cli.run("python -m bloodcell_jax.tools.clean", __doc__, FLAGS, argv, run)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,14 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import ConfigDict
 
 from bloodcell_jax.atomic_files import write_text_atomic
-from bloodcell_jax.errors import UserInputError, cli_exit_status
+from bloodcell_jax.errors import UserInputError
 from bloodcell_jax.inference import REPORT_DIR, describe_model
 from bloodcell_jax.report import load_history
+from bloodcell_jax import cli
 
 COLUMNS = ("run", "model", "parameters", "image size", "epochs", "train accuracy", "val accuracy",
            "val balanced accuracy", "val precision", "val recall", "val AUC", "val accuracy (TTA)",
@@ -119,13 +120,17 @@ def compare(workdirs: list[str], output: str, test: str | None = None) -> list[d
   return rows
 
 
-flags.DEFINE_string("output", "comparison", "Path prefix of the tables: <output>.md and <output>.csv.")
-flags.DEFINE_string("test", None, "Name of the report (report/<name>/ in each run) whose accuracy is the test column.")
+FLAGS = flags.FlagValues()  # this tool's own, not absl's global FLAGS (main.py's); see bloodcell_jax/cli.py
+flags.DEFINE_string("output", "comparison", "Path prefix of the tables: <output>.md and <output>.csv.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("test", None, "Name of the report (report/<name>/ in each run) whose accuracy is the test column.",
+                    flag_values=FLAGS)
 
 
-def main(argv) -> None:
-  sys.exit(cli_exit_status(lambda: compare(argv[1:], flags.FLAGS.output, flags.FLAGS.test)))
+def main(argv=None) -> int:
+  return cli.run("python -m bloodcell_jax.tools.compare", __doc__, FLAGS, argv,
+                 lambda *workdirs: compare(list(workdirs), FLAGS.output, FLAGS.test), positionals=("RUN_DIR...",))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  sys.exit(main())

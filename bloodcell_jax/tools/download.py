@@ -8,7 +8,6 @@ matches the published one, so an interrupted or corrupted transfer never leaves 
 looks complete. A file already present with the right checksum is not fetched again.
 """
 
-import argparse
 import hashlib
 import os
 import sys
@@ -16,7 +15,10 @@ import time
 import urllib.error
 import urllib.request
 
+from absl import flags
+
 from bloodcell_jax.errors import UserInputError
+from bloodcell_jax import cli
 
 ZENODO_RECORD = "https://zenodo.org/records/10519652/files/"
 # MedMNIST v2/v3 BloodMNIST files and their published MD5 checksums, by image size.
@@ -88,26 +90,32 @@ def download(url: str, dest: str, md5: str, attempts: int = 3, timeout: float = 
   raise error
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m bloodcell_jax.tools.download", description=__doc__.split("\n")[0])
-  parser.add_argument("dataset", choices=("bloodmnist", "pbc"))
-  parser.add_argument("--size", type=int, default=64, choices=sorted(BLOODMNIST), help="BloodMNIST image size")
-  parser.add_argument("--dest", default="data", help="folder to write into")
-  parser.add_argument("--mirror", default=ZENODO_RECORD, help="base address to fetch from (default: Zenodo)")
-  parser.add_argument("--attempts", type=int, default=3)
-  args = parser.parse_args(argv)
-  if args.dataset == "pbc":
+DATASETS = ("bloodmnist", "pbc")
+FLAGS = flags.FlagValues()  # this tool's own, not absl's global FLAGS (main.py's); see bloodcell_jax/cli.py
+flags.DEFINE_integer("size", 64, f"BloodMNIST image size: one of {', '.join(map(str, sorted(BLOODMNIST)))}.",
+                     flag_values=FLAGS)
+flags.register_validator("size", lambda size: size in BLOODMNIST,
+                         f"--size must be one of {', '.join(map(str, sorted(BLOODMNIST)))}", flag_values=FLAGS)
+flags.DEFINE_string("dest", "data", "Folder to write into.", flag_values=FLAGS)
+flags.DEFINE_string("mirror", ZENODO_RECORD, "Base address to fetch from (default: Zenodo).", flag_values=FLAGS)
+flags.DEFINE_integer("attempts", 3, "Tries before giving up.", lower_bound=1, flag_values=FLAGS)
+
+
+def fetch(dataset: str) -> None:
+  """The command: BloodMNIST at --size into --dest, or where to get PBC."""
+  if dataset not in DATASETS:
+    raise UserInputError(f"{dataset}: unknown dataset; choose one of {', '.join(DATASETS)}")
+  if dataset == "pbc":
     print(PBC_NOTE)
-    return 0
-  name, md5 = BLOODMNIST[args.size]
-  dest = os.path.join(args.dest, name)
-  try:
-    download(args.mirror.rstrip("/") + "/" + name + "?download=1", dest, md5, attempts=args.attempts)
-  except DownloadError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return e.exit_code
+    return
+  name, md5 = BLOODMNIST[FLAGS.size]
+  dest = os.path.join(FLAGS.dest, name)
+  download(FLAGS.mirror.rstrip("/") + "/" + name + "?download=1", dest, md5, attempts=FLAGS.attempts)
   print(f"{dest}: OK (MD5 {md5})")
-  return 0
+
+
+def main(argv=None) -> int:
+  return cli.run("python -m bloodcell_jax.tools.download", __doc__, FLAGS, argv, fetch, positionals=("DATASET",))
 
 
 if __name__ == "__main__":

@@ -11,17 +11,18 @@ made from) and `augmented` flags. Classes already
 above the target are left as they are (never subsampled). Written to a temporary name, then renamed.
 """
 
-import argparse
 import os
 import sys
 
 import numpy as np
+from absl import flags
 
 from bloodcell_jax.atomic_files import write_npz_atomic
 from bloodcell_jax.augment import augment_uint8
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
 from bloodcell_jax.data.sources import load_source
-from bloodcell_jax.errors import UserInputError, cli_exit_status
+from bloodcell_jax.errors import UserInputError
+from bloodcell_jax import cli
 
 GEOMETRIC = "dihedral(1, 1) affine(1, 0.5)"
 
@@ -41,34 +42,35 @@ def oversample(images: np.ndarray, labels: np.ndarray, target: int, seed: int = 
   return all_images, labels[source_index], source_index
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m bloodcell_jax.tools.oversample", description=__doc__.split("\n\n")[0])
-  parser.add_argument("--data", required=True, help="npz file or folder of class folders")
-  parser.add_argument("--target", type=int, required=True, help="images per class after oversampling")
-  parser.add_argument("--output", required=True, help="the new .npz file")
-  parser.add_argument("--image_size", type=int, default=96)
-  parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args(argv)
+FLAGS = flags.FlagValues()  # this tool's own, not absl's global FLAGS (main.py's); see bloodcell_jax/cli.py
+flags.DEFINE_string("data", None, "npz file or folder of class folders.", flag_values=FLAGS)
+flags.DEFINE_integer("target", None, "Images per class after oversampling.", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "The new .npz file.", flag_values=FLAGS)
+flags.DEFINE_integer("image_size", 96, "Image size the source is read at.", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "Seed of the choice of originals and of the augmentation.", flag_values=FLAGS)
+flags.mark_flags_as_required(["data", "target", "output"], flag_values=FLAGS)
 
+
+def main(argv=None) -> int:
   def run():
-    if not args.output.endswith(".npz"):
-      raise UserInputError(f"{args.output}: the output must be an .npz file")
-    if os.path.abspath(args.output) == os.path.abspath(args.data):
-      raise UserInputError(f"{args.output}: would overwrite the input; choose another name")
-    if args.target < 1:
-      raise UserInputError(f"--target={args.target} must be at least 1")
-    sets = load_source(args.data, args.image_size, min_classes=1)
+    if not FLAGS.output.endswith(".npz"):
+      raise UserInputError(f"{FLAGS.output}: the output must be an .npz file")
+    if os.path.abspath(FLAGS.output) == os.path.abspath(FLAGS.data):
+      raise UserInputError(f"{FLAGS.output}: would overwrite the input; choose another name")
+    if FLAGS.target < 1:
+      raise UserInputError(f"--target={FLAGS.target} must be at least 1")
+    sets = load_source(FLAGS.data, FLAGS.image_size, min_classes=1)
     pool = sets.get("train", sets.get("all"))
-    images, labels, source_index = oversample(pool.images, pool.labels, args.target, args.seed)
-    write_npz_atomic(args.output, images=images, labels=labels[:, None].astype(np.int64), source_index=source_index,
+    images, labels, source_index = oversample(pool.images, pool.labels, FLAGS.target, FLAGS.seed)
+    write_npz_atomic(FLAGS.output, images=images, labels=labels[:, None].astype(np.int64), source_index=source_index,
                      augmented=np.arange(len(labels)) >= len(pool.labels))
     before = np.bincount(pool.labels, minlength=NUM_CLASSES)
     after = np.bincount(labels, minlength=NUM_CLASSES)
     for name, b, a in zip(CLASS_NAMES, before, after):
       print(f"  {name:<14} {b:>6} -> {a:>6}")
-    print(f"wrote {args.output}: {len(labels)} images ({len(labels) - len(pool.labels)} added)")
+    print(f"wrote {FLAGS.output}: {len(labels)} images ({len(labels) - len(pool.labels)} added)")
 
-  return cli_exit_status(run)
+  return cli.run("python -m bloodcell_jax.tools.oversample", __doc__, FLAGS, argv, run)
 
 
 if __name__ == "__main__":
