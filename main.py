@@ -5,6 +5,7 @@
   python main.py --mode=eval --workdir checkpoints/quickstart --data path/to/labelled_data
   python main.py --mode=predict --workdir checkpoints/quickstart --data path/to/images --top_k=3
   python main.py --mode=export --workdir checkpoints/quickstart
+  python main.py --mode=verify --workdir checkpoints/quickstart
 
 Bad input (data, config values, paths) is reported as one line and exit status 2.
 """
@@ -19,11 +20,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from bloodcell_jax import (benchmark, cli, compilation_cache, distributed, export, inference, platform_setup,
-                           preview, train)
+                           preview, train, verify)
 from bloodcell_jax import config as config_rules
-from bloodcell_jax.errors import RunFailure, UserInputError
+from bloodcell_jax.errors import CheckpointWriteError, RunFailure, UserInputError
 
-MODES = ("train", "eval", "predict", "export", "benchmark", "preview")  # see CONFIG_MODES and RUN_MODES
+MODES = ("train", "eval", "predict", "export", "verify", "benchmark", "preview")  # see CONFIG_MODES and RUN_MODES
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); fields overridable as --config.x.y=v.")
 flags.DEFINE_string("workdir", None, "Run directory. Default: checkpoints/<config file name>.")
@@ -33,7 +34,8 @@ flags.DEFINE_string("data", None, "eval/predict: data to run on: a class folder,
 flags.DEFINE_string("output", None, "predict: CSV path (default: <workdir>/predictions.csv); "
                     "export: directory (default: <workdir>/export); "
                     "preview: PNG path (default: <workdir>/augment_preview.png).")
-flags.DEFINE_enum("checkpoint", "best", ("best", "last"), "eval/predict/export: which checkpoint of the run.")
+flags.DEFINE_string("checkpoint", "best", "eval/predict/export: which checkpoint of the run: best, last or a step "
+                    "number (--mode=verify lists them).")
 flags.DEFINE_string("tta", None, "eval/predict/export: test-time augmentation, one of none, hflip, flips, rot90, "
                     "dihedral (default: the run's eval.tta).")
 flags.DEFINE_integer("top_k", 1, "predict: also write the k most likely classes with their probabilities.")
@@ -111,10 +113,14 @@ def _export(workdir: str) -> None:
   export.run_export(workdir, FLAGS.output or os.path.join(workdir, "export"), FLAGS.checkpoint, FLAGS.tta)
 
 
+def _verify(workdir: str) -> None:
+  sys.exit(verify.run_verify(workdir))
+
+
 # Modes that start from a config file get (resolved config, run directory: --workdir or
 # checkpoints/<config name>); modes that use a trained run get its directory (--workdir, required).
 CONFIG_MODES = {"train": _train, "benchmark": _benchmark, "preview": _preview}
-RUN_MODES = {"eval": _eval, "predict": _predict, "export": _export}
+RUN_MODES = {"eval": _eval, "predict": _predict, "export": _export, "verify": _verify}
 
 
 def run(argv) -> None:
@@ -132,14 +138,37 @@ def run(argv) -> None:
 
 
 class _QuietLibraries(std_logging.Filter):
-  """Keeps Orbax's per-save INFO chatter off the console; its warnings and errors still show."""
+  """Keeps Orbax's per-save INFO chatter, and its notes on reading a checkpoint read-only, off the
+  console; its other warnings and its errors still show."""
+
+  BENIGN = ("read_only=True, setting", "Given directory is read only", "Metadata file does not exist")
+  # A failed write is logged by each of Orbax's writer threads, with tracebacks, then raised where we
+  # wait for it (checkpointing.RunCheckpoints), which reports it as one line.
+  REPORTED = ("No space left on device", "RESOURCE_EXHAUSTED", "Save Finalize thread", "raised an exception",
+              "Failed to run")
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+    if f"{os.sep}orbax{os.sep}" not in record.pathname:
+      return True
+    message = record.getMessage()
+    if record.levelno >= std_logging.ERROR:
+      return not any(r in message for r in self.REPORTED)
+    return record.levelno >= std_logging.WARNING and not any(b in message for b in self.BENIGN)
+
+
+def _without_closed_loop_noise(hook):
+  """After a failed save Orbax closes its event loop while tensorstore still calls back into it; each
+  callback reports "Event loop is closed" as an unraisable error with a traceback. The failure itself
+  is reported as one line."""
+  def unraisablehook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+      hook(unraisable)
+  return unraisablehook
 
 
 def main(argv) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)
   # Long CPU runs only (see platform_setup), and before JAX starts its backend.
   if FLAGS.mode in ("train", "benchmark") and platform_setup.keep_freed_host_memory():
     logging.info("CPU backend: glibc keeps freed memory for the next step (GLIBC_TUNABLES overrides this)")
@@ -147,6 +176,10 @@ def main(argv) -> None:
     run(argv)
   except (UserInputError, RunFailure) as e:
     cli.error(e)
+    if isinstance(e, CheckpointWriteError):  # Orbax's writer threads would print tracebacks at exit
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(e.exit_code)
     sys.exit(e.exit_code)
 
 

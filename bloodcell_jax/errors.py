@@ -20,3 +20,9 @@ class TrainingDiverged(RunFailure):
 class CheckpointWriteError(RunFailure):
   """A checkpoint could not be written; earlier checkpoints are untouched."""
 
+
+class DiskFull(CheckpointWriteError):
+  """The disk filled up during a save: a distinct status, as the remedy (free space, resume) is."""
+
+  exit_code = 3
+

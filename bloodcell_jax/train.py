@@ -33,12 +33,13 @@ from bloodcell_jax.data.prepare import load_train_val
 from bloodcell_jax.data.split import save_split
 from bloodcell_jax.data.sources import resolve_path
 from bloodcell_jax.distributed import unreplicate
-from bloodcell_jax.errors import TrainingDiverged, UserInputError
+from bloodcell_jax.errors import CheckpointWriteError, TrainingDiverged, UserInputError
 from bloodcell_jax.evaluation import evaluate
 from bloodcell_jax.losses import class_weights as compute_class_weights
 from bloodcell_jax.models import create_model
 from bloodcell_jax.preemption import StopRequest
 from bloodcell_jax.progress import EpochProgress
+from bloodcell_jax.run_lock import RunLock
 from bloodcell_jax.steps import create_train_state, init_variables, pmapped_steps, split_variables, variables_of
 from bloodcell_jax.tensorboard_writer import EventWriter
 
@@ -126,6 +127,9 @@ class _Run:
   def open_checkpoints(self) -> checkpointing.RunCheckpoints:
     """Checks the workdir, then restores the newest intact checkpoint if there is one."""
     config, workdir = self.config, self.workdir
+    if distributed.is_primary():  # the owner of the run (it holds the lock): nothing else is saving here
+      for path in checkpointing.remove_partial_saves(workdir):
+        logging.warning("removed %s, left by a save that did not finish", path)
     checkpoint_bytes = checkpointing.tree_bytes(self.state) + checkpointing.tree_bytes(self.progress.to_tree())
     checkpointing.preflight(workdir, checkpoint_bytes, config.checkpoint.keep)
     if config.restart and distributed.is_primary():
@@ -142,9 +146,10 @@ class _Run:
                              "use another --workdir")
 
     target = jax.device_get(self.state)
-    restored = checkpoints.restore(target, check_meta) if checkpoints.steps() else None
-    if checkpoints.steps() and restored is None:
-      raise UserInputError(f"{workdir}: no intact checkpoint among steps {checkpoints.steps()}; pass "
+    present = checkpointing.list_checkpoints(workdir)
+    restored = checkpoints.restore(target, check_meta) if present else None
+    if present and restored is None:
+      raise UserInputError(f"{workdir}: no intact checkpoint among {', '.join(map(str, present))}; pass "
                            "--config.restart=True to start over (they are moved aside, not deleted)")
     if distributed.is_primary():
       record_config(workdir, config, resuming=restored is not None)
@@ -313,6 +318,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Returns the last epoch's metrics row with a fingerprint of the final parameters
   (`params_sha256`), or an empty row when a signal stopped the run.
   """
+  with RunLock(workdir, jax.process_index()):
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   run = _Run(config, workdir)
   logging.info("data: %d train / %d val images (%s); devices: %d x %s", len(run.data.train), len(run.data.val),
                run.data.how_split, run.num_devices, jax.local_devices()[0].device_kind)
@@ -325,6 +335,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if distributed.is_primary():
     record_run_info(workdir, num_params)
   try:
-    return run.fit(checkpoints)
-  finally:
+    row = run.fit(checkpoints)
+  except CheckpointWriteError:
+    raise  # not closed: Orbax would retry its writes on the full or failing disk; the process exits
+  except BaseException:
     checkpoints.close()
+    raise
+  checkpoints.close()
+  return row

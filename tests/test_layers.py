@@ -13,18 +13,19 @@ from conftest import ROOT
 # Bottom to top. A pattern names modules relative to bloodcell_jax ("data.*": every module of data/).
 FLOORS = (
     ("infrastructure", ("", "errors", "atomic_files", "classes", "distributed", "platform_setup", "compilation_cache",
-                        "preemption", "tensorboard_writer", "metrics", "plots", "exported_model")),
+                        "preemption", "tensorboard_writer", "metrics", "plots", "exported_model", "integrity",
+                        "run_lock")),
     ("data, augmentation, models", ("data", "data.*", "augment", "augment.*", "models", "models.*")),
     ("steps and transfer", ("losses", "optim", "tta", "steps", "pretrained", "pretrained.*")),
     ("config", ("config", "config.*")),
     ("run services", ("evaluation", "checkpointing", "progress", "report", "robustness")),
-    ("modes", ("train", "inference", "export", "benchmark", "preview")),
+    ("modes", ("train", "inference", "export", "benchmark", "preview", "verify")),
     ("tools", ("tools", "tools.*", "pretrained.__main__", "cli")),
 )
 # Groups on one floor that must not import each other (by first name component, or whole module name).
 INDEPENDENT = {
     "data, augmentation, models": ("data", "augment", "models"),
-    "modes": ("train", "inference", "export", "benchmark", "preview"),
+    "modes": ("train", "inference", "export", "benchmark", "preview", "verify"),
     "tools": ("tools.clean", "tools.compare", "tools.download", "tools.oversample", "pretrained.__main__"),
 }
 # Exceptions, each with its reason: (importer, imported).

@@ -1,8 +1,10 @@
 """Resume after SIGKILL, SIGTERM, damaged checkpoints and a change of device count, as subprocesses."""
 
+import glob
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -157,3 +159,140 @@ def test_unwritable_workdir_and_full_disk_fail_before_training(tmp_path, monkeyp
   monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda path: Usage)
   with pytest.raises(UserInputError, match=r"only 10 MiB free on its disk; checkpoints need about 400 MiB"):
     checkpointing.preflight(str(tmp_path / "ok"), 100 * 2**20, keep=2)
+
+
+def _sha(output: str) -> str:
+  match = re.search(r"final parameters sha256 (\w+)", output)
+  assert match, output[-3000:]
+  return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def reference_sha(reference):
+  """The final parameters' fingerprint of the uninterrupted run, as main.py prints it."""
+  from bloodcell_jax.train import params_digest
+  params, _ = restore_params(reference, "last")
+  return params_digest(params)
+
+
+def _data_files(checkpoint_dir):
+  return sorted(os.path.join(root, name) for root, _, files in os.walk(os.path.join(checkpoint_dir, "state"))
+                for name in files if os.sep + "d" + os.sep in os.path.join(root, name))
+
+
+def _flip_bit(path):
+  with open(path, "r+b") as f:
+    size = os.path.getsize(path)
+    f.seek(size // 2)
+    byte = f.read(1)
+    f.seek(size // 2)
+    f.write(bytes([byte[0] ^ 0x04]))
+
+
+@pytest.mark.parametrize("damage", ["flipped_bit", "truncated_file", "missing_manifest"])
+def test_damaged_newest_checkpoint_is_refused_by_eval_and_skipped_by_resume(reference, reference_sha, tmp_path,
+                                                                            damage):
+  """The newest checkpoint is damaged in a way Orbax itself may not notice: eval of it is refused
+  naming the intact ones, verify says so, and the resumed run ends with the uninterrupted run's
+  parameters (it goes back to the previous checkpoint and trains the same steps again)."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  newest = os.path.join(workdir, "checkpoints", str(steps[-1]))
+  shutil.rmtree(os.path.join(workdir, "best"))  # the best copy of the last epoch would stand in for it
+  if damage == "flipped_bit":
+    _flip_bit(max(_data_files(newest), key=os.path.getsize))
+  elif damage == "truncated_file":
+    path = max(_data_files(newest), key=os.path.getsize)
+    with open(path, "r+b") as f:  # (bytes past the last value Orbax reads may go unnoticed: nothing reads them)
+      f.truncate(os.path.getsize(path) // 2)
+  else:
+    shutil.rmtree(os.path.join(newest, "manifest"))
+
+  verify = run_main(["--mode=verify", f"--workdir={workdir}"])
+  assert verify.returncode == 1, verify.stderr[-2000:]
+  assert f"the newest checkpoint, step {steps[-1]} (last), is damaged; training would resume from step {steps[-2]}" \
+      in verify.stdout
+  evaluated = run_main(["--mode=eval", f"--workdir={workdir}", "--checkpoint=last"])
+  assert evaluated.returncode == 2 and "Traceback" not in evaluated.stderr, evaluated.stderr[-2000:]
+  assert f"the 'last' checkpoint, step {steps[-1]} (last), is damaged" in evaluated.stderr
+  assert f"intact: step {steps[-2]} (last)" in evaluated.stderr
+
+  resumed = run_main(ARGS + [f"--workdir={workdir}"], devices=2)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"checkpoint step {steps[-1]} (last) in {workdir} is damaged" in resumed.stderr
+  assert _sha(resumed.stdout) == reference_sha
+  assert _rows(workdir) == _rows(reference)
+
+
+def test_a_second_run_on_the_same_workdir_is_refused_and_kill_leaves_no_lock(reference_sha, tmp_path):
+  workdir = str(tmp_path / "run")
+  first = _start(ARGS, workdir)
+  _wait_for_checkpoint(first, workdir)
+  second = run_main(ARGS + [f"--workdir={workdir}"], devices=2)
+  assert second.returncode == 2, second.stderr[-2000:]
+  errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and f"another training run is using this run directory (PID {first.pid} on " in errors[0]
+  assert first.poll() is None, "the first run must go on"
+  first.send_signal(signal.SIGKILL)
+  first.wait()
+  resumed = run_main(ARGS + [f"--workdir={workdir}"], devices=2)  # the kernel released the lock
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert _sha(resumed.stdout) == reference_sha
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    assert [json.loads(line)["epoch"] for line in f] == [0, 1, 2, 3]
+
+
+def test_injected_write_failure_is_one_line_then_resume_is_bit_identical(reference, reference_sha, tmp_path):
+  """Orbax's save raises ENOSPC from the 4th save on (tests/failing_writer.py): exit status 3, one
+  line naming the directory and the checkpoint to resume from; the rerun ends as the reference."""
+  workdir = str(tmp_path / "run")
+  env = subprocess_env(2, FAIL_SAVE_AT="4")
+  failed = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "failing_writer.py")] + ARGS +
+                          [f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert failed.returncode == 3, failed.stderr[-3000:]
+  errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+  assert f"error: {workdir}: disk full while writing the checkpoint of step 12" in errors[0]
+  assert "the newest checkpoint to resume from is step 9 (last)" in errors[0]
+  resumed = run_main(ARGS + [f"--workdir={workdir}"], devices=2)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert _sha(resumed.stdout) == reference_sha
+  assert _rows(workdir) == _rows(reference)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+  """A 24 MiB tmpfs (root only; skipped where the machine does not allow mounts)."""
+  mount = tmp_path / "tmpfs"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True).returncode:
+    pytest.skip("cannot mount a tmpfs here")
+  yield str(mount)
+  subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_disk_full_on_a_real_filesystem_then_resume_is_bit_identical(reference, reference_sha, small_tmpfs):
+  workdir = os.path.join(small_tmpfs, "run")
+  process = _start(ARGS, workdir)
+  _wait_for_checkpoint(process, workdir)
+  with open(os.path.join(small_tmpfs, "filler"), "wb") as f:  # everything that is left
+    try:
+      while True:
+        f.write(b"\0" * 2**20)
+        f.flush()
+    except OSError:
+      pass
+  assert process.wait(timeout=300) == 3
+  with open(workdir + ".log") as f:
+    log = f.read()
+  errors = [line for line in log.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in log, log[-3000:]
+  assert f"error: {workdir}: disk full while writing the checkpoint of step" in errors[0]
+  assert "free space and run the same command to resume" in errors[0]
+  os.remove(os.path.join(small_tmpfs, "filler"))
+  resumed = run_main(ARGS + [f"--workdir={workdir}"], devices=2)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert not glob.glob(os.path.join(workdir, "*", checkpointing.TMP_PATTERN))
+  assert _sha(resumed.stdout) == reference_sha
+  assert _rows(workdir) == _rows(reference)
