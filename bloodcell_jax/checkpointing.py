@@ -51,6 +51,11 @@ class Checkpoint:
   def __str__(self) -> str:
     return f"step {self.step} ({self.kind})"
 
+  @property
+  def name(self) -> str:
+    """As a log line names it: "checkpoint 48", "best checkpoint 48"."""
+    return f"{'best ' if self.kind == 'best' else ''}checkpoint {self.step}"
+
 
 def _manager(directory: str, keep: int, read_only: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only)
@@ -177,14 +182,14 @@ class RunCheckpoints:
       try:
         meta = _restore_items(manager, checkpoint, meta=ocp.args.JsonRestore())["meta"]
       except Damaged as e:
-        logging.warning("checkpoint %s in %s is damaged (%s); skipped", checkpoint, self.workdir, e)
+        logging.warning("%s in %s is damaged (%s); skipped", checkpoint.name, self.workdir, e)
         continue
       check_meta(dict(meta))
       try:
         restored = _restore_verified(manager, checkpoint, state=ocp.args.StandardRestore(state_target),
                                      progress=ocp.args.StandardRestore())
       except Damaged as e:
-        logging.warning("checkpoint %s in %s is damaged (%s); skipped", checkpoint, self.workdir, e)
+        logging.warning("%s in %s is damaged (%s); skipped", checkpoint.name, self.workdir, e)
         continue
       if checkpoint.kind == "best":
         logging.warning("resuming from the best checkpoint, %s: the newer ones are damaged", checkpoint)

@@ -136,3 +136,19 @@ def test_main_reports_bad_flags_and_config_files_in_one_line(tmp_path, args, exp
   lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
   assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_damaged_ported_weights_are_refused(ported):
+  from bloodcell_jax.pretrained.store import load_variables
+  variables, _ = load_variables(ported)
+  assert variables["params"]["stem_0"]["kernel"].shape == (4, 4, 3, 8)
+  files = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(ported, "params")) for name in names
+           if os.sep + "d" + os.sep in os.path.join(root, name)]
+  largest = max(files, key=os.path.getsize)
+  with open(largest, "r+b") as f:
+    f.seek(os.path.getsize(largest) // 2)
+    byte = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([byte[0] ^ 0x01]))
+  with pytest.raises(UserInputError, match="the ported weights are damaged"):
+    load_variables(ported)

@@ -1,7 +1,9 @@
 """Ported weights on disk: checkpoints/pretrained/<name>/ holds an Orbax checkpoint of the parameters
-(params/), of BatchNorm statistics where the model has them (batch_stats/), and pretrained.json (source, sha256, architecture, input normalisation, key report).
+(params/), of BatchNorm statistics where the model has them (batch_stats/), and pretrained.json
+(source, sha256, architecture, input normalisation, key report, and the digest of every array).
 
-Written under a temporary name and renamed, so an interrupted port leaves nothing that loads.
+Written under a temporary name and renamed, so an interrupted port leaves nothing that loads; loading
+checks the digests, so damaged weights are refused rather than fine-tuned from.
 """
 
 import json
@@ -12,6 +14,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bloodcell_jax import integrity
 from bloodcell_jax.atomic_files import write_json_atomic
 from bloodcell_jax.errors import UserInputError
 
@@ -33,6 +36,8 @@ def save(directory: str, params: dict, meta: dict, overwrite: bool = False, mode
       checkpointer.save(os.path.join(tmp, "params"), params)
       for collection, tree in (model_state or {}).items():
         checkpointer.save(os.path.join(tmp, collection), tree)
+    variables = {"params": params, **(model_state or {})}
+    meta = dict(meta, manifest=integrity.make_manifest({"variables": jax.tree.map(np.asarray, variables)}, {}))
     write_json_atomic(os.path.join(tmp, META_FILE), meta)
     if os.path.exists(directory):
       shutil.rmtree(directory)
@@ -71,7 +76,11 @@ def load_variables(name_or_path: str) -> tuple[dict, dict]:
           variables[collection] = checkpointer.restore(os.path.join(directory, collection))
   except Exception as e:
     raise UserInputError(f"{directory}: the weights do not load ({type(e).__name__}: {e})") from None
-  return jax.tree.map(np.asarray, variables), meta
+  variables = jax.tree.map(np.asarray, variables)
+  damage = integrity.find_damage(meta["manifest"], {"variables": variables}) if "manifest" in meta else None
+  if damage:
+    raise UserInputError(f"{directory}: the ported weights are damaged ({damage}); port them again")
+  return variables, meta
 
 
 def load(name_or_path: str) -> tuple[dict, dict]:
