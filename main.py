@@ -10,7 +10,6 @@
 Bad input (data, config values, paths) is reported as one line and exit status 2.
 """
 
-import logging as std_logging
 import os
 import sys
 
@@ -137,38 +136,8 @@ def run(argv) -> None:
     RUN_MODES[FLAGS.mode](os.path.abspath(FLAGS.workdir))
 
 
-class _QuietLibraries(std_logging.Filter):
-  """Keeps Orbax's per-save INFO chatter, and its notes on reading a checkpoint read-only, off the
-  console; its other warnings and its errors still show."""
-
-  BENIGN = ("read_only=True, setting", "Given directory is read only", "Metadata file does not exist")
-  # A failed write is logged by each of Orbax's writer threads, with tracebacks, then raised where we
-  # wait for it (checkpointing.RunCheckpoints), which reports it as one line.
-  REPORTED = ("No space left on device", "RESOURCE_EXHAUSTED", "Save Finalize thread", "raised an exception",
-              "Failed to run")
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    if f"{os.sep}orbax{os.sep}" not in record.pathname:
-      return True
-    message = record.getMessage()
-    if record.levelno >= std_logging.ERROR:
-      return not any(r in message for r in self.REPORTED)
-    return record.levelno >= std_logging.WARNING and not any(b in message for b in self.BENIGN)
-
-
-def _without_closed_loop_noise(hook):
-  """After a failed save Orbax closes its event loop while tensorstore still calls back into it; each
-  callback reports "Event loop is closed" as an unraisable error with a traceback. The failure itself
-  is reported as one line."""
-  def unraisablehook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
-      hook(unraisable)
-  return unraisablehook
-
-
 def main(argv) -> None:
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)
+  cli.quiet_library_logs()
   # Long CPU runs only (see platform_setup), and before JAX starts its backend.
   if FLAGS.mode in ("train", "benchmark") and platform_setup.keep_freed_host_memory():
     logging.info("CPU backend: glibc keeps freed memory for the next step (GLIBC_TUNABLES overrides this)")

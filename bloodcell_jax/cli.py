@@ -14,11 +14,12 @@ one shared registry would clash or leak into each other's help. A tool does:
 """
 
 import difflib
+import logging as std_logging
 import os
 import re
 import sys
 
-from absl import flags
+from absl import flags, logging
 
 from bloodcell_jax.errors import UserInputError
 
@@ -147,3 +148,38 @@ def _closest(path: list[str]) -> str:
     node = node[name]
   names = difflib.get_close_matches(path[-1], list(node.keys()), n=3, cutoff=0.6)
   return f" (closest: {', '.join(names)})" if names else ""
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Keeps Orbax's per-save INFO chatter, and its notes on reading a checkpoint read-only, off the
+  console; its other warnings and its errors still show."""
+
+  BENIGN = ("read_only=True, setting", "Given directory is read only", "Metadata file does not exist")
+  # A failed write is logged by each of Orbax's writer threads, with tracebacks, then raised where we
+  # wait for it (checkpointing.RunCheckpoints), which reports it as one line.
+  REPORTED = ("No space left on device", "RESOURCE_EXHAUSTED", "Save Finalize thread", "raised an exception",
+              "Failed to run")
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if f"{os.sep}orbax{os.sep}" not in record.pathname:
+      return True
+    message = record.getMessage()
+    if record.levelno >= std_logging.ERROR:
+      return not any(r in message for r in self.REPORTED)
+    return record.levelno >= std_logging.WARNING and not any(b in message for b in self.BENIGN)
+
+
+def _without_closed_loop_noise(hook):
+  """After a failed save Orbax closes its event loop while tensorstore still calls back into it; each
+  callback reports "Event loop is closed" as an unraisable error with a traceback. The failure itself
+  is reported as one line."""
+  def unraisablehook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+      hook(unraisable)
+  return unraisablehook
+
+
+def quiet_library_logs() -> None:
+  """Installs both filters: the console shows what the user needs, once."""
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)

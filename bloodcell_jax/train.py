@@ -203,7 +203,9 @@ class _Run:
     replicated = jax_utils.replicate(self.state)
     self.state = None  # the replicated copy is the live one (its buffers are donated each step)
     class_weights = jax_utils.replicate(jnp.asarray(self.class_weights))
-    row = {}
+    row = {"epoch": self.progress.epoch - 1}  # what a run that has already finished reports
+    if self.progress.epoch >= num_epochs:
+      logging.info("%s: the run has finished its %d epochs; nothing to train", self.workdir, num_epochs)
     events = EventWriter(os.path.join(self.workdir, TENSORBOARD_DIR)) if distributed.is_primary() else None
     with StopRequest() as stop, events or contextlib.nullcontext():
       while self.progress.epoch < num_epochs:

@@ -119,8 +119,9 @@ def test_damaged_checkpoints_fall_back_then_refuse_then_restart(reference, tmp_p
   assert f"resumed from {workdir}" in result.stderr
   assert [r["epoch"] for r in _rows(workdir)] == [0, 1, 2, 3, 4]
 
-  for step in os.listdir(os.path.join(workdir, "checkpoints")):  # now damage all of them
-    shutil.rmtree(os.path.join(workdir, "checkpoints", step, "meta"), ignore_errors=True)
+  for sub in ("checkpoints", "best"):  # now damage all of them, the best one too (it would be resumed from)
+    for step in os.listdir(os.path.join(workdir, sub)):
+      shutil.rmtree(os.path.join(workdir, sub, step, "meta"), ignore_errors=True)
   refused = run_main(more + [f"--workdir={workdir}"], devices=2)
   assert refused.returncode == 2
   assert "no intact checkpoint" in refused.stderr and "--config.restart=True" in refused.stderr
@@ -189,30 +190,24 @@ def _flip_bit(path):
     f.write(bytes([byte[0] ^ 0x04]))
 
 
-@pytest.mark.parametrize("damage", ["flipped_bit", "truncated_file", "missing_manifest"])
-def test_damaged_newest_checkpoint_is_refused_by_eval_and_skipped_by_resume(reference, reference_sha, tmp_path,
-                                                                            damage):
-  """The newest checkpoint is damaged in a way Orbax itself may not notice: eval of it is refused
-  naming the intact ones, verify says so, and the resumed run ends with the uninterrupted run's
-  parameters (it goes back to the previous checkpoint and trains the same steps again)."""
-  workdir = str(tmp_path / "run")
-  shutil.copytree(reference, workdir)
+def test_damaged_newest_checkpoint_is_refused_by_eval_and_skipped_by_resume(reference, reference_sha, tmp_path):
+  """A flipped bit in the newest checkpoint, which Orbax restores without an error: verify says so, eval
+  of it is refused naming the intact ones, and the resumed run ends with the uninterrupted run's
+  parameters (it goes back to the previous checkpoint and trains the same step again). A checkpoint
+  that lost its manifest is damaged too, not taken for one written before manifests existed."""
+  workdir, lost = str(tmp_path / "run"), str(tmp_path / "lost_manifest")
+  for copy in (workdir, lost):
+    shutil.copytree(reference, copy)
+    shutil.rmtree(os.path.join(copy, "best"))  # the best copy of the last epoch would stand in for it
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
-  newest = os.path.join(workdir, "checkpoints", str(steps[-1]))
-  shutil.rmtree(os.path.join(workdir, "best"))  # the best copy of the last epoch would stand in for it
-  if damage == "flipped_bit":
-    _flip_bit(max(_data_files(newest), key=os.path.getsize))
-  elif damage == "truncated_file":
-    path = max(_data_files(newest), key=os.path.getsize)
-    with open(path, "r+b") as f:  # (bytes past the last value Orbax reads may go unnoticed: nothing reads them)
-      f.truncate(os.path.getsize(path) // 2)
-  else:
-    shutil.rmtree(os.path.join(newest, "manifest"))
+  _flip_bit(max(_data_files(os.path.join(workdir, "checkpoints", str(steps[-1]))), key=os.path.getsize))
+  shutil.rmtree(os.path.join(lost, "checkpoints", str(steps[-1]), "manifest"))
 
-  verify = run_main(["--mode=verify", f"--workdir={workdir}"])
-  assert verify.returncode == 1, verify.stderr[-2000:]
-  assert f"the newest checkpoint, step {steps[-1]} (last), is damaged; training would resume from step {steps[-2]}" \
-      in verify.stdout
+  for copy, reason in ((workdir, "does not match its digest"), (lost, "its manifest is missing")):
+    verify = run_main(["--mode=verify", f"--workdir={copy}"])
+    assert verify.returncode == 1, verify.stderr[-2000:]
+    assert f"the newest checkpoint, step {steps[-1]} (last), is damaged; training would resume from step " \
+        f"{steps[-2]}" in verify.stdout and reason in verify.stdout, verify.stdout
   evaluated = run_main(["--mode=eval", f"--workdir={workdir}", "--checkpoint=last"])
   assert evaluated.returncode == 2 and "Traceback" not in evaluated.stderr, evaluated.stderr[-2000:]
   assert f"the 'last' checkpoint, step {steps[-1]} (last), is damaged" in evaluated.stderr
@@ -223,24 +218,6 @@ def test_damaged_newest_checkpoint_is_refused_by_eval_and_skipped_by_resume(refe
   assert f"checkpoint {steps[-1]} in {workdir} is damaged" in resumed.stderr
   assert _sha(resumed.stdout) == reference_sha
   assert _rows(workdir) == _rows(reference)
-
-
-def test_a_second_run_on_the_same_workdir_is_refused_and_kill_leaves_no_lock(reference_sha, tmp_path):
-  workdir = str(tmp_path / "run")
-  first = _start(ARGS, workdir)
-  _wait_for_checkpoint(first, workdir)
-  second = run_main(ARGS + [f"--workdir={workdir}"], devices=2)
-  assert second.returncode == 2, second.stderr[-2000:]
-  errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
-  assert len(errors) == 1 and f"another training run is using this run directory (PID {first.pid} on " in errors[0]
-  assert first.poll() is None, "the first run must go on"
-  first.send_signal(signal.SIGKILL)
-  first.wait()
-  resumed = run_main(ARGS + [f"--workdir={workdir}"], devices=2)  # the kernel released the lock
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert _sha(resumed.stdout) == reference_sha
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    assert [json.loads(line)["epoch"] for line in f] == [0, 1, 2, 3]
 
 
 def test_injected_write_failure_is_one_line_then_resume_is_bit_identical(reference, reference_sha, tmp_path):
@@ -294,5 +271,60 @@ def test_disk_full_on_a_real_filesystem_then_resume_is_bit_identical(reference, 
   resumed = run_main(ARGS + [f"--workdir={workdir}"], devices=2)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert not glob.glob(os.path.join(workdir, "*", checkpointing.TMP_PATTERN))
+  assert _sha(resumed.stdout) == reference_sha
+  assert _rows(workdir) == _rows(reference)
+
+
+def test_preflight_counts_only_what_the_run_adds(tmp_path, monkeypatch):
+  """keep=2: two last checkpoints and the best are there, so a resume adds one (the save in flight);
+  a partial save left by a kill takes no place once the owner has removed it."""
+  workdir = tmp_path / "run"
+  for sub in ("checkpoints/6", "checkpoints/9", "best/6", "checkpoints/12.orbax-checkpoint-tmp-1/state"):
+    os.makedirs(workdir / sub)
+
+  class Usage:
+    free = 150 * 2**20
+  monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda path: Usage)
+  checkpointing.preflight(str(workdir), 100 * 2**20, keep=2)  # needs 1 x 100 MiB
+  shutil.rmtree(workdir / "best")
+  with pytest.raises(UserInputError, match=r"checkpoints need about 200 MiB more \(2 x 100.0 MiB\)"):
+    checkpointing.preflight(str(workdir), 100 * 2**20, keep=2)
+  assert checkpointing.remove_partial_saves(str(workdir)) == [str(workdir / "checkpoints/12.orbax-checkpoint-tmp-1")]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["6", "9"]
+
+
+def test_sigkill_during_saves_three_times_then_resume_is_bit_identical(reference, reference_sha, tmp_path):
+  """A checkpoint after every step; each of three runs is killed while Orbax has a save in flight
+  (its temporary directory exists), at a random point of it; the fourth run finishes. While the first
+  runs, a second start on the same workdir is refused at once, naming it; kill -9 leaves no lock."""
+  workdir = str(tmp_path / "run")
+  args = ARGS + ["--config.checkpoint.every_steps=1"]
+  rng = random.Random(1)
+  in_flight = 0
+  for attempt in range(3):
+    partial = os.path.join(workdir, "*", checkpointing.TMP_PATTERN)
+    process = _start(args, workdir)
+    _wait_for_checkpoint(process, workdir)
+    if attempt == 0:
+      second = run_main(args + [f"--workdir={workdir}"], devices=2)
+      errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+      assert second.returncode == 2 and len(errors) == 1, second.stderr[-2000:]
+      assert f"another training run is using this run directory (PID {process.pid} on " in errors[0]
+      assert process.poll() is None, "the first run must go on"
+    deadline = time.time() + 120
+    while glob.glob(partial) and time.time() < deadline:  # the previous kill's, until the new run removes it
+      time.sleep(0.01)
+    while time.time() < deadline and process.poll() is None:
+      if glob.glob(partial):
+        time.sleep(rng.uniform(0.0, 0.02))
+        in_flight += 1
+        break
+      time.sleep(0.002)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+  assert in_flight >= 2  # the kills landed while a save was being written
+  resumed = run_main(args + [f"--workdir={workdir}"], devices=2)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert _sha(resumed.stdout) == reference_sha
   assert _rows(workdir) == _rows(reference)
