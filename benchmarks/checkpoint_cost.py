@@ -58,8 +58,8 @@ def main() -> None:
     def run_plain():
       plain = checkpointing._manager(os.path.join(args.dir, "plain"), 1)
       start = time.perf_counter()
-      plain.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(state), progress=ocp.args.StandardSave(progress),
-                                            meta=ocp.args.JsonSave(meta)))
+      plain.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            progress=ocp.args.StandardSave(progress), meta=ocp.args.JsonSave(meta)))
       plain.wait_until_finished()
       times["save_plain"].append(time.perf_counter() - start)
       start = time.perf_counter()

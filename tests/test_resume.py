@@ -41,9 +41,9 @@ def _assert_same_params(a, b):
     np.testing.assert_array_equal(x, y)
 
 
-def _start(args, workdir, devices=2):
+def _start(args, workdir, devices=2, log_path=None):
   env = subprocess_env(devices)
-  log = open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"), "w")
+  log = open(log_path or os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"), "w")
   return subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py")] + args + [f"--workdir={workdir}"],
                           cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -249,9 +249,10 @@ def small_tmpfs(tmp_path):
   subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-def test_disk_full_on_a_real_filesystem_then_resume_is_bit_identical(reference, reference_sha, small_tmpfs):
+def test_disk_full_on_a_real_filesystem_then_resume_is_bit_identical(reference, reference_sha, small_tmpfs, tmp_path):
   workdir = os.path.join(small_tmpfs, "run")
-  process = _start(ARGS, workdir)
+  log_path = str(tmp_path / "run.log")  # not on the disk that fills up
+  process = _start(ARGS, workdir, log_path=log_path)
   _wait_for_checkpoint(process, workdir)
   with open(os.path.join(small_tmpfs, "filler"), "wb") as f:  # everything that is left
     try:
@@ -261,7 +262,7 @@ def test_disk_full_on_a_real_filesystem_then_resume_is_bit_identical(reference, 
     except OSError:
       pass
   assert process.wait(timeout=300) == 3
-  with open(workdir + ".log") as f:
+  with open(log_path) as f:
     log = f.read()
   errors = [line for line in log.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and "Traceback" not in log, log[-3000:]

@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   # list "op(p, m) op(p, m) ..." (see bloodcell_jax/augment/policies.py; --mode=preview shows them).
   config.data.augment = "medium"
   config.data.fill_mode = "reflect"  # where geometric ops read outside the image: reflect, nearest, constant
-  config.data.clean = False  # True: drop blended outliers, duplicates, blank images first (python -m bloodcell_jax.tools.clean)
+  config.data.clean = False  # True: drop blended outliers, duplicates, blank images first (tools/clean.py)
   config.data.clean_cache = ""  # where the removal list is cached ("": ~/.cache/bloodcell_jax/clean)
   config.data.mean = IMAGENET_MEAN  # input normalisation (travels with pretrained weights)
   config.data.std = IMAGENET_STD
