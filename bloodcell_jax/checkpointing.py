@@ -133,9 +133,6 @@ class RunCheckpoints:
     self.best = _manager(os.path.join(workdir, BEST_DIR), 1)
     self._bytes, self._step = 0, 0  # of the save in flight
 
-  def steps(self) -> list[int]:
-    return sorted(self.last.all_steps())
-
   def save(self, step: int, state: Any, progress: dict, meta: dict, is_best: bool) -> None:
     """Starts writing a checkpoint (host arrays); the write goes on in the background."""
     try:  # the previous save's failure, if any, belongs to its step (Orbax waits for it here anyway)
@@ -179,13 +176,8 @@ class RunCheckpoints:
     skipped with a warning that names it and why."""
     for checkpoint in list_checkpoints(self.workdir):
       manager = self.last if checkpoint.kind == "last" else self.best
-      try:
-        meta = _restore_items(manager, checkpoint, meta=ocp.args.JsonRestore())["meta"]
-      except Damaged as e:
-        logging.warning("%s in %s is damaged (%s); skipped", checkpoint.name, self.workdir, e)
-        continue
-      check_meta(dict(meta))
-      try:
+      try:  # the small meta first: another model is refused before its arrays are read
+        check_meta(dict(_restore_items(manager, checkpoint, meta=ocp.args.JsonRestore())["meta"]))
         restored = _restore_verified(manager, checkpoint, state=ocp.args.StandardRestore(state_target),
                                      progress=ocp.args.StandardRestore())
       except Damaged as e:
