@@ -4,6 +4,8 @@
   python main.py --config configs/cpu_small.py --config.optim.learning_rate=3e-4
   python main.py --mode=eval --workdir checkpoints/quickstart --data path/to/labelled_data
   python main.py --mode=predict --workdir checkpoints/quickstart --data path/to/images --top_k=3
+  python main.py --mode=predict --workdir checkpoints/quickstart --data cells/ --explain cells_explained/
+  python main.py --mode=calibrate --workdir checkpoints/quickstart --checkpoint=last
   python main.py --mode=export --workdir checkpoints/quickstart
   python main.py --mode=verify --workdir checkpoints/quickstart
 
@@ -23,7 +25,7 @@ from bloodcell_jax import (benchmark, cli, compilation_cache, distributed, expor
 from bloodcell_jax import config as config_rules
 from bloodcell_jax.errors import CheckpointWriteError, RunFailure, UserInputError
 
-MODES = ("train", "eval", "predict", "export", "verify", "benchmark", "preview")  # see CONFIG_MODES and RUN_MODES
+MODES = ("train", "eval", "predict", "calibrate", "export", "verify", "benchmark", "preview")  # see CONFIG_MODES and RUN_MODES
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); fields overridable as --config.x.y=v.")
 flags.DEFINE_string("workdir", None, "Run directory. Default: checkpoints/<config file name>.")
@@ -33,10 +35,13 @@ flags.DEFINE_string("data", None, "eval/predict: data to run on: a class folder,
 flags.DEFINE_string("output", None, "predict: CSV path (default: <workdir>/predictions.csv); "
                     "export: directory (default: <workdir>/export); "
                     "preview: PNG path (default: <workdir>/augment_preview.png).")
-flags.DEFINE_string("checkpoint", "best", "eval/predict/export: which checkpoint of the run: best, last or a step "
+flags.DEFINE_string("checkpoint", "best", "eval/predict/calibrate/export: which checkpoint of the run: best, last or a step "
                     "number (--mode=verify lists them).")
 flags.DEFINE_string("tta", None, "eval/predict/export: test-time augmentation, one of none, hflip, flips, rot90, "
                     "dihedral (default: the run's eval.tta).")
+flags.DEFINE_enum("reject", "on", ("on", "off"), "predict: mark images the run's rejector finds unlike its "
+                  "training cells ('not a cell') or too uncertain ('low confidence'); off: classify everything.")
+flags.DEFINE_string("explain", None, "predict: a directory for one class-activation overlay PNG per image.")
 flags.DEFINE_integer("top_k", 1, "predict: also write the k most likely classes with their probabilities.")
 flags.DEFINE_list("bench_batch_sizes", None, "benchmark: global batch sizes (default: the config's).")
 flags.DEFINE_list("bench_dtypes", None, "benchmark: compute dtypes, e.g. float32,bfloat16 (default: the config's).")
@@ -78,6 +83,7 @@ def _train(config, workdir: str) -> None:
   who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
   print(f"{who}finished epoch {row['epoch'] + 1}; run directory {workdir}; "
         f"final parameters sha256 {row['params_sha256']}", flush=True)
+  inference.fit_trust(workdir, "best", config)
   if config.eval.report:
     inference.run_eval(workdir, None, "best")
 
@@ -104,7 +110,13 @@ def _eval(workdir: str) -> None:
 
 def _predict(workdir: str) -> None:
   _use_compilation_cache(workdir)
-  inference.run_predict(workdir, FLAGS.data, FLAGS.output, FLAGS.checkpoint, FLAGS.tta, FLAGS.top_k)
+  inference.run_predict(workdir, FLAGS.data, FLAGS.output, FLAGS.checkpoint, FLAGS.tta, FLAGS.top_k,
+                        reject=FLAGS.reject == "on", explain_dir=FLAGS.explain)
+
+
+def _calibrate(workdir: str) -> None:
+  _use_compilation_cache(workdir)
+  inference.fit_trust(workdir, FLAGS.checkpoint, tta_flag=FLAGS.tta)
 
 
 def _export(workdir: str) -> None:
@@ -119,7 +131,7 @@ def _verify(workdir: str) -> None:
 # Modes that start from a config file get (resolved config, run directory: --workdir or
 # checkpoints/<config name>); modes that use a trained run get its directory (--workdir, required).
 CONFIG_MODES = {"train": _train, "benchmark": _benchmark, "preview": _preview}
-RUN_MODES = {"eval": _eval, "predict": _predict, "export": _export, "verify": _verify}
+RUN_MODES = {"eval": _eval, "predict": _predict, "calibrate": _calibrate, "export": _export, "verify": _verify}
 
 
 def run(argv) -> None:

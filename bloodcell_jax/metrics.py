@@ -110,3 +110,27 @@ def detailed_metrics(labels: np.ndarray, probs: np.ndarray, num_bins: int = 15) 
   result["confusion_matrix"] = matrix.tolist()
   result["class_names"] = _class_names(num_classes)
   return result
+
+
+def accuracy_coverage(correct: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Selective classification: keeping the images with the lowest `scores` first, the share kept
+  (coverage) and the accuracy on what is kept, at every cut-off."""
+  order = np.argsort(np.asarray(scores), kind="stable")
+  kept_correct = np.cumsum(np.asarray(correct, np.float64)[order])
+  kept = np.arange(1, len(order) + 1)
+  return kept / max(len(order), 1), kept_correct / kept
+
+
+def rejection_summary(labels: np.ndarray, probs: np.ndarray, reasons: np.ndarray, num_classes: int) -> dict:
+  """Share rejected (overall, per true class, per reason) and accuracy on all and on the kept images."""
+  rejected = np.asarray(reasons) != ""
+  correct = np.asarray(probs).argmax(-1) == labels
+  names = _class_names(num_classes)
+  return {
+      "rejected": float(rejected.mean()) if len(rejected) else 0.0,
+      "by_reason": {str(r): float((reasons == r).mean()) for r in sorted(set(reasons.tolist()) - {""})},
+      "rejected_by_class": {names[c]: float(rejected[labels == c].mean()) for c in range(num_classes)
+                            if (labels == c).any()},
+      "accuracy_all": float(correct.mean()) if len(correct) else 0.0,
+      "accuracy_kept": float(correct[~rejected].mean()) if (~rejected).any() else float("nan"),
+  }

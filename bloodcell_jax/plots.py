@@ -1,5 +1,5 @@
 """The evaluation report's figures as PNG bytes: training curves, confusion matrix, reliability
-diagram, most confidently misclassified images.
+diagrams, most confidently misclassified images, accuracy against coverage.
 
 Drawn with matplotlib's object API on an Agg canvas (no pyplot, so no global figure state and no
 display needed); every function is pure: numbers in, PNG bytes out.
@@ -75,14 +75,10 @@ def confusion_matrix(matrix: np.ndarray, class_names: list[str]) -> bytes:
   return _png(fig)
 
 
-def reliability_diagram(bins: dict, ece: float) -> bytes:
-  """Accuracy against confidence per bin (the diagonal is perfect calibration), with the share
-  of examples in each bin below."""
+def _reliability_panel(top, bottom, bins: dict, title: str) -> None:
   edges = bins["edges"]
   centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
   filled = bins["count"] > 0
-  fig = Figure(figsize=(5.5, 6.5))
-  top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
   top.bar(centres[filled], bins["accuracy"][filled], width=width[filled], color=VAL_COLOUR, alpha=0.75,
           edgecolor="black", lw=0.5, label="accuracy in bin")
   gap = bins["confidence"][filled] - bins["accuracy"][filled]
@@ -91,13 +87,50 @@ def reliability_diagram(bins: dict, ece: float) -> bytes:
   top.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
   top.set_ylim(0, 1)
   top.set_ylabel("accuracy")
-  top.set_title(f"reliability diagram (expected calibration error {ece:.3f})")
-  top.legend(fontsize=8, loc="upper left")
+  top.set_title(title, fontsize=10)
+  top.legend(fontsize=7, loc="upper left")
   share = bins["count"] / max(bins["count"].sum(), 1)
   bottom.bar(centres, share, width=width, color="grey", edgecolor="black", lw=0.5)
   bottom.set_ylabel("share of images")
   bottom.set_xlabel("confidence (top-class probability)")
   bottom.set_xlim(0, 1)
+
+
+def reliability_diagram(bins: dict, ece: float) -> bytes:
+  """Accuracy against confidence per bin (the diagonal is perfect calibration), with the share
+  of examples in each bin below."""
+  fig = Figure(figsize=(5.5, 6.5))
+  top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
+  _reliability_panel(top, bottom, bins, f"reliability diagram (expected calibration error {ece:.3f})")
+  fig.tight_layout()
+  return _png(fig)
+
+
+def reliability_diagrams(panels: list[tuple[str, dict]]) -> bytes:
+  """Several reliability diagrams side by side: (title, bins) each, e.g. before and after calibration."""
+  fig = Figure(figsize=(4.6 * len(panels), 6.2))
+  axes = fig.subplots(2, len(panels), sharex=True, gridspec_kw={"height_ratios": (3, 1)}, squeeze=False)
+  for i, (title, bins) in enumerate(panels):
+    _reliability_panel(axes[0, i], axes[1, i], bins, title)
+  fig.tight_layout()
+  return _png(fig)
+
+
+def accuracy_coverage(curves: dict, operating_points: dict | None = None) -> bytes:
+  """Accuracy on the images kept against the share kept, one line per ranking (name: (coverage,
+  accuracy)); `operating_points` (name: (coverage, accuracy)) marks where the chosen thresholds sit."""
+  fig = Figure(figsize=(6, 4.5))
+  ax = fig.subplots()
+  for name, (coverage, accuracy) in curves.items():
+    ax.plot(coverage, accuracy, "-", lw=1.5, label=name)
+  for name, (coverage, accuracy) in (operating_points or {}).items():
+    ax.plot([coverage], [accuracy], "o", ms=7, mfc="none", mew=1.5, label=name)
+  ax.set_xlabel("coverage (share of images kept)")
+  ax.set_ylabel("accuracy on the kept images")
+  ax.set_xlim(0, 1.01)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc="lower left")
+  ax.set_title("accuracy against coverage")
   fig.tight_layout()
   return _png(fig)
 

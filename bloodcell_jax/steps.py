@@ -20,6 +20,7 @@ from bloodcell_jax import tta
 from bloodcell_jax.augment import Policy, augment_batch, to_unit_range
 from bloodcell_jax.distributed import AXIS
 from bloodcell_jax.losses import l2_penalty, weighted_cross_entropy_terms
+from bloodcell_jax.models import taps
 from bloodcell_jax.optim import decay_mask
 
 
@@ -76,6 +77,7 @@ class StepConfig:
   fill_mode: str = struct.field(pytree_node=False, default="reflect")
   skip_nonfinite: bool = struct.field(pytree_node=False, default=False)
   tta: str = struct.field(pytree_node=False, default="none")  # test-time views in eval (see tta.VIEWS)
+  outputs: bool = struct.field(pytree_node=False, default=False)  # eval also returns logits and features
 
 
 def train_step(state: TrainState, batch: dict, class_weights: jax.Array, *, model: nn.Module,
@@ -127,14 +129,26 @@ def train_step(state: TrainState, batch: dict, class_weights: jax.Array, *, mode
   return new_state, metrics, jax.nn.softmax(logits)
 
 
+def apply_with_features(model: nn.Module, variables: dict, images: jax.Array) -> tuple[jax.Array, tuple]:
+  """(logits, per-stage feature statistics) in evaluation mode (taps.stage_statistics)."""
+  logits, intermediates = model.apply(variables, images, train=False, mutable=[taps.INTERMEDIATES])
+  return logits, taps.stage_statistics(intermediates)
+
+
 def eval_step(variables: dict, batch: dict, class_weights: jax.Array, *, model: nn.Module, cfg: StepConfig):
-  """The masked, weighted loss sums of one eval batch, its probabilities and, with `cfg.tta`, the
-  probabilities averaged over the test-time views (else None); no augmentation, no dropout.
+  """The masked, weighted loss sums of one eval batch and its outputs: "probs", with `cfg.tta` the
+  probabilities averaged over the test-time views ("tta_probs", else None), and with `cfg.outputs`
+  the plain view's "logits" and "features" (a tuple, one (B, D) array per stage); no augmentation,
+  no dropout.
 
   The loss is that of the plain images, so it does not depend on the test-time views.
   """
   images = normalize(batch["image"], cfg.mean, cfg.std)
-  logits, probs, tta_probs = tta.probabilities(lambda x: model.apply(variables, x, train=False), images, cfg.tta)
+  if cfg.outputs:
+    apply = functools.partial(apply_with_features, model, variables)
+  else:
+    apply = lambda x: (model.apply(variables, x, train=False), None)  # noqa: E731
+  logits, probs, tta_probs, features = tta.probabilities(apply, images, cfg.tta)
   targets = jax.nn.one_hot(batch["label"], cfg.num_classes)
   weighted_ce, weights = weighted_cross_entropy_terms(logits, targets, class_weights, cfg.label_smoothing)
   mask = batch["mask"]
@@ -142,7 +156,10 @@ def eval_step(variables: dict, batch: dict, class_weights: jax.Array, *, model: 
       "loss_sum": jax.lax.psum((weighted_ce * mask).sum(), AXIS),
       "weight_sum": jax.lax.psum((weights * mask).sum(), AXIS),
   }
-  return metrics, probs, None if cfg.tta == "none" else tta_probs
+  outputs = {"probs": probs, "tta_probs": None if cfg.tta == "none" else tta_probs}
+  if cfg.outputs:
+    outputs.update(logits=logits, features=features)
+  return metrics, outputs
 
 
 def pmapped_steps(model: nn.Module, tx: optax.GradientTransformation, cfg: StepConfig) -> tuple[Callable, Callable]:

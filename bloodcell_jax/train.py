@@ -232,7 +232,7 @@ class _Run:
               return row
         self._absorb(pending)
         train_metrics = self.progress.metrics()
-        val_metrics, _, _ = evaluate(p_eval, variables_of(replicated), self.data.val, class_weights, self.global_batch,
+        val_metrics, _ = evaluate(p_eval, variables_of(replicated), self.data.val, class_weights, self.global_batch,
                                   self.num_devices)
         step = int(jax.device_get(replicated.step[0]))
         row = {"epoch": epoch, "step": step, "learning_rate": float(self.schedule(step)),

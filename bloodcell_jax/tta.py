@@ -35,12 +35,13 @@ def views(images: jax.Array, name: str) -> jax.Array:
   return jnp.stack([view(images, k, m) for k, m in VIEWS[check(name)]])
 
 
-def probabilities(apply_logits, images: jax.Array, name: str) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(logits of the plain view, softmax of the plain view, softmax averaged over all views)."""
+def probabilities(apply, images: jax.Array, name: str):
+  """(logits of the plain view, softmax of the plain view, softmax averaged over all views, extras of
+  the plain view) where `apply(images) -> (logits, extras)` (extras: any pytree, e.g. features)."""
   if name == "none":
-    logits = apply_logits(images)
+    logits, extras = apply(images)
     probs = jax.nn.softmax(logits)
-    return logits, probs, probs
-  all_logits = jax.lax.map(apply_logits, views(images, name))
+    return logits, probs, probs, extras
+  all_logits, all_extras = jax.lax.map(apply, views(images, name))
   all_probs = jax.nn.softmax(all_logits)
-  return all_logits[0], all_probs[0], all_probs.mean(0)
+  return all_logits[0], all_probs[0], all_probs.mean(0), jax.tree.map(lambda x: x[0], all_extras)

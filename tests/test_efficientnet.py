@@ -223,6 +223,7 @@ def test_main_trains_evaluates_and_exports_a_batchnorm_model(tmp_path):
   import subprocess
   import sys
 
+  from bloodcell_jax.classes import CLASS_NAMES
   from conftest import ROOT, run_main
 
   workdir = str(tmp_path / "run")
@@ -237,15 +238,20 @@ def test_main_trains_evaluates_and_exports_a_batchnorm_model(tmp_path):
   predicted = run_main(["--mode=predict", f"--workdir={workdir}", "--data=sample", f"--output={out}"])
   assert predicted.returncode == 0, predicted.stderr[-3000:]
   with open(out) as f:
-    rows = list(csv.reader(f))[1:4]
+    rows = list(csv.DictReader(f))[:3]
   exported = run_main(["--mode=export", f"--workdir={workdir}"])
   assert exported.returncode == 0, exported.stderr[-3000:]
-  files = [os.path.join("bloodcell_jax", "sample_data", "pbc96_sample", r[0]) for r in rows]
+  files = [os.path.join("bloodcell_jax", "sample_data", "pbc96_sample", r["id"]) for r in rows]
   loader = subprocess.run([sys.executable, os.path.join(workdir, "export", "load_model.py")] + files, cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert loader.returncode == 0, loader.stderr[-3000:]
-  exported_probs = np.array([[float(v) for v in line.split(",")[2:]] for line in loader.stdout.splitlines()[1:]])
-  np.testing.assert_allclose(exported_probs, np.array([[float(v) for v in r[3:]] for r in rows]), atol=2e-6)
+  loaded = list(csv.DictReader(loader.stdout.splitlines()))
+  columns = [f"p_{name}" for name in CLASS_NAMES]
+  np.testing.assert_allclose([[float(r[c]) for c in columns] for r in loaded],
+                             [[float(r[c]) for c in columns] for r in rows], atol=2e-6)
+  np.testing.assert_allclose([float(r["reject_score"]) for r in loaded], [float(r["reject_score"]) for r in rows],
+                             rtol=1e-4)
+  assert [r["reject_reason"] for r in loaded] == [r["reject_reason"] for r in rows]
 
 
 def test_freezing_and_layer_decay_know_the_family():

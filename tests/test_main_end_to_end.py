@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 
+from bloodcell_jax import trust
 from bloodcell_jax.classes import CLASS_NAMES
 from conftest import ROOT, run_main
 
@@ -53,7 +54,7 @@ def test_train_resume_eval_predict(tmp_path):
   # The end-of-training report (validation split, best checkpoint) and the TensorBoard curves.
   report_dir = os.path.join(workdir, "report", "validation")
   for name in ("metrics.json", "report.md", "training_curves.png", "confusion_matrix.png", "reliability.png",
-               "misclassified.png"):
+               "misclassified.png", "calibration.png", "accuracy_coverage.png", "explanations.png"):
     assert os.path.exists(os.path.join(report_dir, name)), name
   assert len(os.listdir(os.path.join(workdir, "tensorboard"))) == 2  # one event file per session
   with open(os.path.join(workdir, "run.json")) as f:
@@ -73,6 +74,9 @@ def test_train_resume_eval_predict(tmp_path):
   assert np.array(result["confusion_matrix"]).sum() == 64
   assert sum(row["support"] for row in result["per_class"].values()) == 64
   assert "confusion matrix" in evaluated.stdout and "with flips TTA" in evaluated.stdout
+  # Fitted at the end of training with the run's dihedral views; eval used flips, for which no temperature exists.
+  assert result["trust"]["temperature"] is None and set(result["trust"]["data"]) == {"clean", "corrupted"}
+  assert result["trust"]["data"]["corrupted"]["images"] == 2 * 64
 
   out = str(tmp_path / "pred.csv")
   predicted = run_main(["--mode=predict", f"--workdir={workdir}", "--data=sample", f"--output={out}",
@@ -81,10 +85,15 @@ def test_train_resume_eval_predict(tmp_path):
   with open(out) as f:
     rows = list(csv.reader(f))
   assert rows[0] == ["id", "predicted", "confidence", "top2", "p_top2", "top3", "p_top3"] + [
-      f"p_{c}" for c in CLASS_NAMES]
+      f"p_{c}" for c in CLASS_NAMES] + ["rejected", "reject_score", "reject_reason"]
   assert len(rows) == 321
-  probs = np.array([[float(v) for v in r[7:]] for r in rows[1:]])
+  probs = np.array([[float(v) for v in r[7:15]] for r in rows[1:]])
   np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+  fitted = trust.load(workdir, result["step"])
+  threshold = fitted.rejector.threshold
+  for row in rows[1:]:
+    assert (row[15] == "true") == (row[17] != "") and row[17] in ("", "not a cell", "low confidence")
+    assert (row[17] == "not a cell") == (float(row[16]) > threshold)
   for row, p in zip(rows[1:], probs):
     ranked = np.argsort(-p, kind="stable")
     assert [row[1], row[3], row[5]] == [CLASS_NAMES[i] for i in ranked[:3]]
@@ -99,8 +108,10 @@ def test_train_resume_eval_predict(tmp_path):
                           env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=""))
   assert loader.returncode == 0, loader.stderr[-3000:]
   lines = list(csv.reader(loader.stdout.splitlines()))
-  exported_probs = np.array([[float(v) for v in line[2:]] for line in lines[1:]])
+  exported_probs = np.array([[float(v) for v in line[2:10]] for line in lines[1:]])
   np.testing.assert_allclose(exported_probs, probs[:2], atol=2e-6)
+  assert [[line[10], line[12]] for line in lines[1:]] == [[r[15], r[17]] for r in rows[1:3]]
+  np.testing.assert_allclose([float(line[11]) for line in lines[1:]], [float(r[16]) for r in rows[1:3]], rtol=1e-4)
 
   table = subprocess.run([sys.executable, "-m", "bloodcell_jax.tools.compare", workdir, f"--output={tmp_path / 'cmp'}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -94,11 +94,12 @@ def test_eval_step_ignores_padding():
                   devices=jax.local_devices()[:1])
   params = jax_utils.replicate({"params": state.params}, jax.local_devices()[:1])
   w = jax_utils.replicate(jnp.ones(8), jax.local_devices()[:1])
-  full, probs_full, _ = step(params, {"image": data["image"][None, :6], "label": data["label"][None, :6],
+  full, out_full = step(params, {"image": data["image"][None, :6], "label": data["label"][None, :6],
                                    "mask": np.ones((1, 6), np.float32)}, w)
   padded = {"image": data["image"][None].copy(), "label": data["label"][None].copy(),
             "mask": np.array([[1, 1, 1, 1, 1, 1, 0, 0]], np.float32)}
-  masked, probs, _ = step(params, padded, w)
+  masked, out = step(params, padded, w)
+  probs, probs_full = out["probs"], out_full["probs"]
   np.testing.assert_allclose(masked["loss_sum"], full["loss_sum"], rtol=1e-6)
   assert float(masked["weight_sum"][0]) == 6.0
   np.testing.assert_allclose(probs[0, :6], probs_full[0], rtol=1e-6)
@@ -161,9 +162,9 @@ def test_eval_never_augments_and_train_augments_per_policy():
     run_train = jax.pmap(functools.partial(train_step, model=model, tx=tx, cfg=cfg), axis_name=AXIS,
                          devices=jax.local_devices()[:1])
     add_axis = functools.partial(jax.tree.map, lambda x: x[None])
-    _, probs, _ = run_eval(add_axis({"params": state.params}), add_axis(eval_batch), weights[None])
+    _, out = run_eval(add_axis({"params": state.params}), add_axis(eval_batch), weights[None])
     losses = [float(run_train(add_axis(state), add_axis(batch), weights[None])[1]["loss_sum"][0]) for _ in range(2)]
-    outputs[policy] = (np.asarray(probs), losses)
+    outputs[policy] = (np.asarray(out["probs"]), losses)
   np.testing.assert_array_equal(outputs["none"][0], outputs["heavy"][0])
   assert outputs["heavy"][1][0] == outputs["heavy"][1][1]  # same key, same augmentation
   assert outputs["none"][1][0] != outputs["heavy"][1][0]

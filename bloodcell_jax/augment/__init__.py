@@ -7,8 +7,7 @@ batch with one key per example.
 """
 
 from bloodcell_jax.augment.policies import (DEGRADATIONS, IMAGE_OPS, MIX_OPS, NAMED, Policy, augment_batch,
-                                            augment_uint8,
-                                            describe, parse, to_unit_range)
+                                            augment_uint8, describe, parse, to_unit_range, without_mixing)
 
 __all__ = ["DEGRADATIONS", "IMAGE_OPS", "MIX_OPS", "NAMED", "Policy", "augment_batch", "augment_uint8",
-           "describe", "parse", "to_unit_range"]
+           "describe", "parse", "to_unit_range", "without_mixing"]

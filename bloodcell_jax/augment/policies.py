@@ -71,6 +71,17 @@ class Policy:
     return any(name in MIX_OPS for name, _, _ in self.entries)
 
 
+def without_mixing(policy: str) -> str:
+  """The same policy with its mixing ops (mixup, cutmix) left out: what one image alone can look like."""
+  parsed = parse(policy)
+  if not parsed.mixes:
+    return policy
+  parts = [f"{name}({p}, {m})" for name, p, m in parsed.entries if name not in MIX_OPS]
+  if parsed.randaugment_layers:
+    parts.append(f"randaugment({parsed.randaugment_layers}, {parsed.randaugment_magnitude})")
+  return " ".join(parts) or "none"
+
+
 def describe() -> str:
   return ("none, dihedral, light, medium, heavy, report, randaugment(N, M), or a list of op(p, m) with op in "
           + ", ".join(sorted(IMAGE_OPS) + sorted(MIX_OPS)))

@@ -82,4 +82,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.tta = "dihedral"  # test-time views (none, hflip, flips, rot90, dihedral) for eval, predict, export
   config.eval.report = True  # at the end of training, write report/validation/ for the best checkpoint
+
+  # Fitted for the best checkpoint after training (bloodcell_jax/trust.py, `--mode=calibrate` for
+  # another): temperature scaling of the probabilities, and the rejector behind predict's "not a cell".
+  config.reject = ml_collections.ConfigDict()
+  config.reject.method = "mahalanobis"  # mahalanobis, knn, energy or max_probability (open_set.py)
+  config.reject.false_rejection = 0.01  # share of the validation split's real cells rejected as not cells
+  config.reject.min_confidence = 0.0  # calibrated top probability below which predict answers "low confidence"
   return config

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 
 import ml_collections
 
-from bloodcell_jax import optim, pretrained, tta
+from bloodcell_jax import open_set, optim, pretrained, tta
 from bloodcell_jax.augment import parse as parse_policy
 from bloodcell_jax.augment.sampling import check_fill_mode
 from bloodcell_jax.classes import NUM_CLASSES
@@ -59,6 +59,14 @@ def _one_of(allowed) -> Callable:
   return rule
 
 
+def _within(low: float, high: float, closed: bool = True) -> Callable:
+  def rule(value):
+    inside = low <= value < high if closed else low < value <= high
+    if not inside:
+      raise ValueError(f"{value} must lie in {'[' if closed else '('}{low}, {high}{')' if closed else ']'}")
+  return rule
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Rejects values that would otherwise fail deep inside tracing, naming the field."""
   _check("data.fill_mode", check_fill_mode, config.data.fill_mode)
@@ -77,6 +85,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.checkpoint.every_steps < 0 or config.checkpoint.keep < 1:
     raise UserInputError("config: checkpoint.every_steps must be >= 0 and checkpoint.keep >= 1")
   _check("eval.tta", tta.check, config.eval.tta, ": ")
+  _check("reject.method", open_set.check_method, config.reject.method, ": ")
+  _check("reject.false_rejection", _within(0.0, 0.5, closed=False), config.reject.false_rejection)
+  _check("reject.min_confidence", _within(0.0, 1.0), config.reject.min_confidence)
   try:
     create_model(config.model, NUM_CLASSES)
   except ValueError as e:
@@ -126,12 +137,13 @@ def check_batch_size(global_batch: int, num_devices: int) -> int:
   return global_batch // num_devices
 
 
-def step_config(config: ml_collections.ConfigDict, tta_name: str = "none") -> StepConfig:
-  """The constants the train and eval steps close over, the augment policy parsed."""
+def step_config(config: ml_collections.ConfigDict, tta_name: str = "none", outputs: bool = False) -> StepConfig:
+  """The constants the train and eval steps close over, the augment policy parsed; with `outputs`
+  the eval step also returns logits and features."""
   return StepConfig(num_classes=NUM_CLASSES, mean=tuple(config.data.mean), std=tuple(config.data.std),
                     label_smoothing=config.loss.label_smoothing, l2=config.loss.l2,
                     augment=parse_policy(config.data.augment), fill_mode=config.data.fill_mode,
-                    skip_nonfinite=config.train.skip_nonfinite_steps, tta=tta_name)
+                    skip_nonfinite=config.train.skip_nonfinite_steps, tta=tta_name, outputs=outputs)
 
 
 def architecture_signature(config: ml_collections.ConfigDict) -> dict:

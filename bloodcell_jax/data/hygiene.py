@@ -25,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bloodcell_jax.neighbours import nearest
+
 FEATURE_SIZE = 24
 NEIGHBOURS = 5
-_CHUNK = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,40 +55,15 @@ def detail_features(images: np.ndarray) -> np.ndarray:
   return (f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-6)).astype(np.float32)
 
 
-@jax.jit
-def _top_k_chunk(queries, keys, first_index, exclude_self):
-  """Top-NEIGHBOURS similarities and indices of `queries` among `keys` (itself excluded if asked)."""
-  sims = queries @ keys.T
-  rows = first_index + jnp.arange(queries.shape[0])
-  sims = jnp.where(exclude_self & (jnp.arange(keys.shape[0])[None, :] == rows[:, None]), -2.0, sims)
-  values, indices = [], []
-  for _ in range(NEIGHBOURS):  # k argmax passes: far cheaper than a sort on CPU
-    j = jnp.argmax(sims, axis=1)
-    values.append(jnp.take_along_axis(sims, j[:, None], 1)[:, 0])
-    indices.append(j)
-    sims = sims.at[jnp.arange(sims.shape[0]), j].set(-3.0)
-  return jnp.stack(values, 1), jnp.stack(indices, 1)
-
-
-def nearest(queries: np.ndarray, keys: np.ndarray, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
-  """(similarities, indices), each (N, NEIGHBOURS), best first."""
-  n = len(queries)
-  padded = np.concatenate([queries, np.zeros((-n % _CHUNK, queries.shape[1]), np.float32)])
-  keys = jnp.asarray(keys)
-  out = [_top_k_chunk(padded[s:s + _CHUNK], keys, s, exclude_self) for s in range(0, len(padded), _CHUNK)]
-  values, indices = (np.concatenate([np.asarray(o[i]) for o in out])[:n] for i in (0, 1))
-  return values, indices
-
-
 def orientation_scores(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(score, neighbour similarities, neighbour indices) per image; see the module docstring."""
-  sims, neighbours = nearest(features, features, exclude_self=True)
+  sims, neighbours = nearest(features, features, NEIGHBOURS, exclude_self=True)
   grid = features.reshape(-1, FEATURE_SIZE, FEATURE_SIZE, 3)
   turned = []
   for g in range(1, 8):
     t = np.rot90(grid, g % 4, axes=(1, 2))
     t = t[:, :, ::-1] if g >= 4 else t
-    turned.append(nearest(np.ascontiguousarray(t).reshape(len(features), -1), features, exclude_self=False)[0][:, -1])
+    turned.append(nearest(np.ascontiguousarray(t).reshape(len(features), -1), features, NEIGHBOURS)[0][:, -1])
   return sims[:, -1] - np.mean(turned, axis=0), sims, neighbours
 
 

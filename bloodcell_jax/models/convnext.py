@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from bloodcell_jax.models import taps
 from bloodcell_jax.models.activations import gelu
 from bloodcell_jax.models.depthwise import DepthwiseConv
 from bloodcell_jax.models.patch_conv import PatchConv
@@ -116,7 +117,9 @@ class ConvNeXt(nn.Module):
     for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
       x = ConvNeXtStage(dim, depth, downsample=i > 0, drop_paths=rates[first:first + depth],
                         depthwise_impl=self.depthwise_impl, dtype=self.dtype, name=f"stages_{i}")(x, train)
+      x = taps.stage(self, x)
       first += depth
+    x = taps.feature_map(self, x)
     x = jnp.mean(x, axis=(1, 2))
     x = _layer_norm("head_norm", self.dtype)(x)
     x = nn.Dropout(self.head_dropout)(x, deterministic=not train)
