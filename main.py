@@ -83,8 +83,8 @@ def _train(config, workdir: str) -> None:
   who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
   print(f"{who}finished epoch {row['epoch'] + 1}; run directory {workdir}; "
         f"final parameters sha256 {row['params_sha256']}", flush=True)
-  inference.fit_trust(workdir, "best", config)
   if config.eval.report:
+    inference.fit_trust(workdir, "best", config)
     inference.run_eval(workdir, None, "best")
 
 

@@ -302,7 +302,7 @@ def restore_variables(workdir: str, which: str | int = "best") -> tuple[dict, in
 
 def set_aside(workdir: str) -> str | None:
   """Moves a run's checkpoints, metrics and report into `replaced-<time>/` (for restart=True); never deletes."""
-  names = [n for n in (LAST_DIR, BEST_DIR, "metrics.jsonl", "tensorboard", "run.json", "report")
+  names = [n for n in (LAST_DIR, BEST_DIR, "metrics.jsonl", "tensorboard", "run.json", "report", "trust")
            if os.path.exists(os.path.join(workdir, n))]
   if not names:
     return None

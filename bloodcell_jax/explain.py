@@ -2,19 +2,15 @@
 for a class, so that a reader can see whether a model looks at the cell or at the background,
 the stain or the slide's edge.
 
-Grad-CAM weighs each channel of a feature map by the spatial mean of the gradient of the class's
-logit with respect to it, sums the channels, keeps the positive part and upsamples. It is taken
-on the last stage's feature map (`models.taps`): the deepest layer that still has a spatial
-layout, so its channels are the most class-specific the model has; earlier stages are finer but
-answer "where are edges", not "where is the evidence for this class".
-
-The price is resolution. The last stage has stride 32 in ConvNeXt, EfficientNet and MobileNetV3,
-so a 96-pixel image gives a 3x3 map (2x2 at 64 pixels), bilinearly upsampled: it says which part
-of the image counted (the cell or its surroundings, which side), not which granule or nucleus
-lobe. SimpleCNN's map has stride 4 (24x24 at 96 pixels). Each map is scaled by its own maximum,
-so maps show where, not how much, and cannot be compared in strength across images; a map that
-is zero everywhere means no positive evidence for that class at this stage (common for a class
-the model did not predict).
+Grad-CAM weighs each channel of a stage's output by the spatial mean of the gradient of the class's
+logit with respect to it, sums the channels, keeps the positive part and upsamples. Any stage can
+be asked for (`models.taps`); the default is the deepest stage with stride at most 16 (6x6 at 96
+pixels, the stage before last in ConvNeXt, EfficientNet and MobileNetV3). The last stage (stride
+32) leaves 3x3 at 96 pixels: on a MobileNetV3 trained on PBC cells its peak fell in the central
+disc that holds the cell (28% of the frame) for 25% of held-out cells, no better than chance, where
+the stride-16 stage's did for 86% (docs/results.md, "Explanations"). Each map is scaled by its own
+maximum, so maps show where, not how much, and cannot be compared in strength across images; a map
+that is zero everywhere means no positive evidence for that class at that stage.
 """
 
 import functools
@@ -35,26 +31,41 @@ from bloodcell_jax.steps import normalize
 PREDICTED = -1  # in `classes`: explain the class the model predicts
 
 
-def _forward(model: nn.Module, variables: dict, x: jax.Array, delta: jax.Array | None = None):
-  """(logits, last-stage feature map) in evaluation mode, with `delta` added to the feature map."""
+def _forward(model: nn.Module, variables: dict, x: jax.Array, stage: int, delta: jax.Array | None = None):
+  """(logits, stage `stage`'s output) in evaluation mode, with `delta` added to that output; `stage`
+  counts from 0 (negative: from the last)."""
   if delta is not None:
-    variables = {**variables, taps.INTERMEDIATES: {taps.FEATURE_MAP_DELTA: delta}}
+    variables = {**variables, taps.INTERMEDIATES: {taps.stage_delta(stage): delta}}
   logits, state = model.apply(variables, x, train=False, mutable=[taps.INTERMEDIATES])
-  return logits, state[taps.INTERMEDIATES][taps.FEATURE_MAP][0]
+  return logits, state[taps.INTERMEDIATES][taps.STAGES][stage]
 
 
-def feature_map_gradients(model: nn.Module, variables: dict, x: jax.Array, classes: jax.Array):
-  """(logits, feature map, d logit[class] / d feature map, classes) for normalised images `x`, in one
-  forward and backward pass; `classes` (B,) int with -1 for the predicted class, returned resolved.
+MAX_STRIDE = 16  # the default stage: the deepest whose map is at least 1/16 of the image's side
+
+
+def default_stage(stage_shapes, image_size: int) -> int:
+  """The deepest stage with stride at most MAX_STRIDE (6x6 at 96 pixels), else the first."""
+  fine = [i for i, shape in enumerate(stage_shapes) if shape[1] * MAX_STRIDE >= image_size]
+  return max(fine) if fine else 0
+
+
+def feature_map_gradients(model: nn.Module, variables: dict, x: jax.Array, classes: jax.Array,
+                          stage: int | None = None):
+  """(logits, feature map, d logit[class] / d feature map, classes) for normalised images `x` and
+  the output of stage `stage` (None: `default_stage`), in one forward and backward pass; `classes`
+  (B,) int with -1 for the predicted class, returned resolved.
 
   The gradient of the sum over the batch of the chosen logits is each example's own gradient, since
   examples do not interact in evaluation mode (BatchNorm uses its running statistics). A class out
   of range selects nothing: its gradient, and so its map, is zero.
   """
-  template = jax.eval_shape(lambda: _forward(model, variables, x)[1])
+  shapes = jax.eval_shape(lambda: model.apply(variables, x, train=False, mutable=[taps.INTERMEDIATES])[1])
+  stage_shapes = [s.shape for s in shapes[taps.INTERMEDIATES][taps.STAGES]]
+  stage = default_stage(stage_shapes, x.shape[1]) if stage is None else stage % len(stage_shapes)
+  template = shapes[taps.INTERMEDIATES][taps.STAGES][stage]
 
   def chosen_logits(delta):
-    logits, fmap = _forward(model, variables, x, delta)
+    logits, fmap = _forward(model, variables, x, stage, delta)
     chosen = jnp.where(classes < 0, jnp.argmax(logits, -1), classes).astype(jnp.int32)
     return (logits * jax.nn.one_hot(chosen, logits.shape[-1], dtype=logits.dtype)).sum(), (logits, fmap, chosen)
 
@@ -63,12 +74,13 @@ def feature_map_gradients(model: nn.Module, variables: dict, x: jax.Array, class
   return logits, fmap, gradients, chosen
 
 
-def _grad_cam(model: nn.Module, mean: tuple, std: tuple, variables: dict, images: jax.Array, classes: jax.Array):
+def _grad_cam(model: nn.Module, mean: tuple, std: tuple, stage: int | None, variables: dict, images: jax.Array,
+              classes: jax.Array):
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f"images must be (B, H, W, 3), got shape {images.shape}")
   batch, height, width, _ = images.shape
   classes = jnp.broadcast_to(jnp.asarray(classes, jnp.int32), (batch,))
-  _, fmap, gradients, chosen = feature_map_gradients(model, variables, normalize(images, mean, std), classes)
+  _, fmap, gradients, chosen = feature_map_gradients(model, variables, normalize(images, mean, std), classes, stage)
   weights = gradients.astype(jnp.float32).mean(axis=(1, 2))
   cam = nn.relu(jnp.einsum("bhwc,bc->bhw", fmap.astype(jnp.float32), weights, precision=jax.lax.Precision.HIGHEST))
   cam = jnp.maximum(jax.image.resize(cam, (batch, height, width), "bilinear"), 0.0)
@@ -81,16 +93,17 @@ def _floats(values) -> tuple:
   return tuple(float(v) for v in np.ravel(values))
 
 
-_grad_cam_jitted = jax.jit(_grad_cam, static_argnums=(0, 1, 2))  # one compilation per model and shape
+_grad_cam_jitted = jax.jit(_grad_cam, static_argnums=(0, 1, 2, 3))  # one compilation per model and shape
 
 
-def make_grad_cam(model: nn.Module, mean, std):
+def make_grad_cam(model: nn.Module, mean, std, stage: int | None = None):
   """A jitted `(variables, images uint8 (B, H, W, 3), classes int32 (B,)) -> (heatmaps, classes)`;
   a class of -1 explains the predicted class, so one compiled function serves both uses."""
-  return jax.jit(functools.partial(_grad_cam, model, _floats(mean), _floats(std)))
+  return jax.jit(functools.partial(_grad_cam, model, _floats(mean), _floats(std), stage))
 
 
-def grad_cam(model: nn.Module, variables: dict, images, mean, std, classes=None) -> tuple[jax.Array, jax.Array]:
+def grad_cam(model: nn.Module, variables: dict, images, mean, std, classes=None, stage: int | None = None
+             ) -> tuple[jax.Array, jax.Array]:
   """Grad-CAM maps float32 (B, H, W) in [0, 1] (each scaled by its maximum) and the explained
   classes int32 (B,): `classes`, or the predicted ones where it is None or -1."""
   images = jnp.asarray(images)
@@ -102,7 +115,7 @@ def grad_cam(model: nn.Module, variables: dict, images, mean, std, classes=None)
   given = np.asarray(classes)
   if (given < PREDICTED).any() or (num_classes is not None and (given >= num_classes).any()):
     raise ValueError(f"classes must be -1 (predicted) or in [0, {num_classes}), got {given.tolist()}")
-  return _grad_cam_jitted(model, _floats(mean), _floats(std), variables, images, classes)
+  return _grad_cam_jitted(model, _floats(mean), _floats(std), stage, variables, images, classes)
 
 
 def overlay(image, heatmap, alpha: float = 0.45) -> np.ndarray:

@@ -139,7 +139,7 @@ def run_export(workdir: str, output: str, checkpoint: str = "best", tta_flag: st
     raise UserInputError(f"{output}: exists and is not an earlier export; choose another --output")
   try:
     variables, step = checkpointing.restore_variables(workdir, checkpoint)
-    fitted = trust.load(workdir, step)
+    fitted = trust.load(workdir, step, trust.weights_fingerprint(variables))
   except FileNotFoundError as e:
     raise UserInputError(str(e)) from None
   except checkpointing.Damaged as e:

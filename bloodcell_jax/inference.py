@@ -43,7 +43,8 @@ class RestoredModel:
     check_batch_size(config.train.batch_size, self.num_devices)
     try:
       variables, self.step = checkpointing.restore_variables(workdir, checkpoint)
-      self.trust = trust.load(workdir, self.step) if with_trust else None
+      self.weights = trust.weights_fingerprint(variables)
+      self.trust = trust.load(workdir, self.step, self.weights) if with_trust else None
     except FileNotFoundError as e:
       raise UserInputError(str(e)) from None
     except checkpointing.Damaged as e:
@@ -119,7 +120,7 @@ def fit_trust(workdir: str, checkpoint: str = "best", config=None, tta_flag: str
   _, val_outputs = model.evaluate(data.val, tta_name, desc="validation split")
   fitted = trust.fit(model.step, blocks, labels, val_outputs, data.val.labels,
                      tta_name, config.reject.method, config.reject.false_rejection, config.reject.min_confidence,
-                     NUM_CLASSES)
+                     NUM_CLASSES, model.weights)
   if save and distributed.is_primary():
     trust.save(workdir, fitted)
   ece = fitted.summary["expected_calibration_error"][tta_name if tta_name in fitted.temperatures else "none"]

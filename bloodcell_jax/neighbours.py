@@ -36,7 +36,8 @@ def nearest(queries: np.ndarray, keys: np.ndarray, k: int, exclude_self: bool = 
   queries = np.asarray(queries, np.float32)
   padded = np.concatenate([queries, np.zeros((-n % CHUNK, queries.shape[1]), np.float32)])
   keys = jnp.asarray(keys, jnp.float32)
-  out = [_top_k_chunk(padded[s:s + CHUNK], keys, s, exclude_self, k) for s in range(0, len(padded), CHUNK)]
+  out = [_top_k_chunk(padded[s:s + CHUNK], keys, k, first_index=s, exclude_self=exclude_self)
+         for s in range(0, len(padded), CHUNK)]
   values, indices = (np.concatenate([np.asarray(o[i]) for o in out])[:n] for i in (0, 1))
   return values, indices
 

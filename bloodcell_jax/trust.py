@@ -24,6 +24,12 @@ TRUST_DIR = "trust"
 REASON_NOT_A_CELL, REASON_LOW_CONFIDENCE = "not a cell", "low confidence"
 
 
+def weights_fingerprint(variables) -> str:
+  """A digest of a checkpoint's variables: a record fitted for other weights (a run restarted in
+  the same directory, a checkpoint replaced) is never applied to these."""
+  return integrity.json_digest(integrity.tree_digests(variables))
+
+
 @dataclasses.dataclass(frozen=True)
 class Trust:
   step: int
@@ -31,6 +37,7 @@ class Trust:
   rejector: open_set.Rejector
   min_confidence: float  # calibrated top probability below which an answer is withheld
   summary: dict  # what the fit measured on the validation split (for reports)
+  weights: str = ""  # weights_fingerprint of the variables it was fitted for
 
   def temperature(self, tta_name: str) -> float | None:
     return self.temperatures.get(tta_name)
@@ -58,7 +65,7 @@ def path_of(workdir: str, step: int) -> str:
 
 
 def fit(step: int, train_features, train_labels, val_outputs: dict, val_labels, tta_name: str, method: str,
-        target_false_rejection: float, min_confidence: float, num_classes: int) -> Trust:
+        target_false_rejection: float, min_confidence: float, num_classes: int, weights: str = "") -> Trust:
   """Temperatures (for the plain and the test-time-averaged probabilities) and the rejector.
 
   `train_features` are per-stage feature statistics (taps.stage_statistics) of training images;
@@ -77,13 +84,13 @@ def fit(step: int, train_features, train_labels, val_outputs: dict, val_labels, 
                         "after": expected_calibration_error(val_labels,
                                                             calibration.apply_temperature(p, temperatures[name]))}
                  for name, p in candidates.items()}}
-  return Trust(step, temperatures, rejector, float(min_confidence), summary)
+  return Trust(step, temperatures, rejector, float(min_confidence), summary, weights)
 
 
 def _settings(trust: Trust) -> dict:
   return {"step": trust.step, "temperatures": trust.temperatures, "method": trust.rejector.method,
           "threshold": trust.rejector.threshold, "target_false_rejection": trust.rejector.target_false_rejection,
-          "min_confidence": trust.min_confidence, "summary": trust.summary}
+          "min_confidence": trust.min_confidence, "summary": trust.summary, "weights": trust.weights}
 
 
 def save(workdir: str, trust: Trust) -> str:
@@ -99,8 +106,9 @@ def save(workdir: str, trust: Trust) -> str:
   return path
 
 
-def load(workdir: str, step: int) -> Trust | None:
-  """The verified record fitted for `step`, or None when there is none. Raises Damaged."""
+def load(workdir: str, step: int, weights: str | None = None) -> Trust | None:
+  """The verified record fitted for `step`, or None when there is none. Raises Damaged, also when
+  `weights` (a weights_fingerprint) is given and the record was fitted for other weights."""
   path = path_of(workdir, step)
   if not os.path.exists(path):
     return None
@@ -117,5 +125,7 @@ def load(workdir: str, step: int) -> Trust | None:
     raise Damaged(f"{path}: {damage}")
   rejector = open_set.Rejector(settings["method"], arrays, float(settings["threshold"]),
                                float(settings["target_false_rejection"]))
+  if weights is not None and settings.get("weights") != weights:
+    raise Damaged(f"{path}: was fitted for other weights than this checkpoint's")
   return Trust(int(settings["step"]), {k: float(v) for k, v in settings["temperatures"].items()}, rejector,
-               float(settings["min_confidence"]), settings["summary"])
+               float(settings["min_confidence"]), settings["summary"], settings.get("weights", ""))

@@ -5,10 +5,11 @@ damaged (a resume would fall back to the newest intact one, named), so scripts c
 directory before they trust it, e.g. after copying it between machines.
 """
 
+import glob
 import json
 import os
 
-from bloodcell_jax import checkpointing
+from bloodcell_jax import checkpointing, trust
 from bloodcell_jax.errors import UserInputError
 
 
@@ -54,6 +55,14 @@ def run_verify(workdir: str) -> int:
     metric = f"{monitor} {value:.4f}" if isinstance(value, (int, float)) else "-"
     status = "intact" if "manifest" in restored else "intact? (no manifest: written before verification)"
     print(f"  {checkpoint.step:>7}  {checkpoint.kind:<5} {_position(restored['progress']):<24} {metric:<28} {status}")
+  steps = sorted(int(n[:-4]) for n in map(os.path.basename, glob.glob(os.path.join(workdir, trust.TRUST_DIR, "*.npz")))
+                 if n[:-4].isdigit())
+  for step in steps:  # (a record is checked against its checkpoint's weights when eval, predict or export use it)
+    try:
+      trust.load(workdir, step)
+      print(f"  temperature and rejector fitted for step {step}: intact")
+    except checkpointing.Damaged as e:
+      print(f"  temperature and rejector fitted for step {step}: DAMAGED: {e} (--mode=calibrate refits them)")
   newest = checkpoints[0]
   if intact and intact[0] == newest:
     print(f"newest checkpoint {newest} is intact; training resumes from it")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from bloodcell_jax import trust
 from bloodcell_jax.classes import CLASS_NAMES
@@ -98,6 +99,27 @@ def test_train_resume_eval_predict(tmp_path):
     ranked = np.argsort(-p, kind="stable")
     assert [row[1], row[3], row[5]] == [CLASS_NAMES[i] for i in ranked[:3]]
     assert float(row[2]) >= float(row[4]) >= float(row[6])
+
+  # Without a fitted record predict refuses (rejection is on by default); --mode=calibrate fits it again;
+  # --reject=off leaves the rejection columns out; --explain writes one overlay per image.
+  os.rename(os.path.join(workdir, "trust"), os.path.join(workdir, "trust-aside"))
+  files = ",".join(os.path.join(ROOT, "bloodcell_jax", "sample_data", "pbc96_sample", r[0]) for r in rows[1:4])
+  refused = run_main(["--mode=predict", f"--workdir={workdir}", f"--data={files}", f"--output={out}"])
+  assert refused.returncode == 2 and "--mode=calibrate" in refused.stderr and "Traceback" not in refused.stderr
+  calibrated = run_main(["--mode=calibrate", f"--workdir={workdir}"])
+  assert calibrated.returncode == 0, calibrated.stderr[-3000:]
+  refitted = trust.load(workdir, result["step"])
+  assert refitted.temperatures == pytest.approx(fitted.temperatures, rel=1e-4)  # the same fit
+  assert refitted.rejector.threshold == pytest.approx(threshold, rel=1e-3)
+  explained = str(tmp_path / "explained")
+  plain = run_main(["--mode=predict", f"--workdir={workdir}", f"--data={files}", f"--output={out}", "--reject=off",
+                    f"--explain={explained}"])
+  assert plain.returncode == 0, plain.stderr[-3000:]
+  with open(out) as f:
+    plain_rows = list(csv.reader(f))
+  assert plain_rows[0][-1] == f"p_{CLASS_NAMES[-1]}" and len(plain_rows) == 4
+  assert sorted(os.listdir(explained)) == [f"{i:05d}_{os.path.splitext(os.path.basename(r[0]))[0]}.png"
+                                        for i, r in enumerate(rows[1:4])]
 
   # The exported model, loaded without the training code in a fresh process, gives the same probabilities.
   exported = run_main(["--mode=export", f"--workdir={workdir}", "--tta=dihedral"])

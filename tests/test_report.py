@@ -138,3 +138,39 @@ def test_compare_command_takes_run_directories_as_positional_arguments(tmp_path,
   assert compare_tool.main([f"--output={tmp_path / 'table'}"]) == 2
   assert capsys.readouterr().err.startswith("error: missing RUN_DIR (usage: python -m bloodcell_jax.tools.compare ")
   assert not os.path.exists(tmp_path / "table.md")
+
+
+def test_report_with_calibration_rejection_and_explanations(tmp_path):
+  """What predict answers, summarised: calibration error before/after and the shares rejected, on
+  clean and corrupted images, computed by hand here; and the three figures it draws."""
+  from bloodcell_jax import open_set, trust
+
+  rng = np.random.default_rng(2)
+  labels = np.repeat(np.arange(8), 10)
+  raw = rng.dirichlet(np.ones(8), 80)
+  calibrated = rng.dirichlet(np.ones(8), 80)
+  reasons = np.array(["not a cell" if i % 10 == 0 else "low confidence" if i % 10 == 1 else "" for i in range(80)],
+                     dtype=object)
+  answers = report.Answers(labels, raw, calibrated, rng.normal(size=80), reasons)
+  corrupted = report.Answers.join([answers, answers])
+  fitted = trust.Trust(3, {"none": 1.5}, open_set.Rejector("mahalanobis", {}, 2.0, 0.01), 0.4, {})
+  explanations = {"indices": np.array([0, 5, 11]), "heatmaps": rng.random((3, 32, 32)).astype(np.float32),
+                  "predictions": raw[[0, 5, 11]].argmax(-1)}
+  evaluation = report.Evaluation(rng.integers(0, 256, (80, 32, 32, 3), dtype=np.uint8), labels,
+                                 np.array([f"#{i}" for i in range(80)]), raw, answers=answers,
+                                 corrupted_answers=corrupted, trust=fitted, explanations=explanations)
+  result = report.write_report(str(tmp_path), evaluation, title="t", context={"run": "r"}, record={})
+  for name in ("calibration.png", "accuracy_coverage.png", "explanations.png"):
+    assert os.path.exists(tmp_path / name)
+  _assert_real_plot((tmp_path / "accuracy_coverage.png").read_bytes(), (600, 450))
+  summary = result["trust"]
+  assert summary["temperature"] == 1.5 and summary["threshold"] == 2.0
+  clean = summary["data"]["clean"]
+  assert clean["rejected"] == pytest.approx(0.2) and clean["by_reason"] == {"low confidence": 0.1, "not a cell": 0.1}
+  assert clean["expected_calibration_error"]["before"] == pytest.approx(expected_calibration_error(labels, raw))
+  assert clean["expected_calibration_error"]["after"] == pytest.approx(expected_calibration_error(labels, calibrated))
+  kept = reasons == ""
+  assert clean["accuracy_kept"] == pytest.approx((calibrated.argmax(-1) == labels)[kept].mean())
+  assert summary["data"]["corrupted"]["images"] == 160
+  markdown = (tmp_path / "report.md").read_text()
+  assert "Calibration and rejection" in markdown and "| clean (80) |" in markdown and "](explanations.png)" in markdown

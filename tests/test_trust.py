@@ -108,7 +108,9 @@ def _fitted(step=7):
   blocks = [centres[labels] + 0.3 * rng.normal(size=(400, 5))]
   logits = rng.normal(size=(400, 8)).astype(np.float32)
   val = {"probs": _softmax(3 * logits), "tta_probs": _softmax(2 * logits), "logits": logits, "features": blocks}
-  return trust.fit(step, blocks, labels, val, labels, "flips", "mahalanobis", 0.01, 0.3, 8), blocks, logits
+  fitted = trust.fit(step, blocks, labels, val, labels, "flips", "mahalanobis", 0.01, 0.3, 8,
+                     trust.weights_fingerprint({"params": {"w": np.arange(3.0)}}))
+  return fitted, blocks, logits
 
 
 def test_record_round_trip(tmp_path):
@@ -123,6 +125,9 @@ def test_record_round_trip(tmp_path):
   np.testing.assert_array_equal(open_set.scores("mahalanobis", loaded.rejector.arrays, blocks, logits),
                                 open_set.scores("mahalanobis", fitted.rejector.arrays, blocks, logits))
   assert trust.load(str(tmp_path), 8) is None  # another step: nothing fitted
+  assert trust.load(str(tmp_path), 7, weights=fitted.weights) is not None
+  with pytest.raises(Damaged, match="fitted for other weights"):  # e.g. a restarted run reached step 7 again
+    trust.load(str(tmp_path), 7, weights="0badcafe")
   ece = fitted.summary["expected_calibration_error"]["none"]
   assert ece["after"] < ece["before"]
 

@@ -81,9 +81,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict()
   config.eval.tta = "dihedral"  # test-time views (none, hflip, flips, rot90, dihedral) for eval, predict, export
-  config.eval.report = True  # at the end of training, write report/validation/ for the best checkpoint
+  # At the end of training, for the best checkpoint: fit the temperature and the rejector (below), then
+  # write report/validation/. False: neither (predict then needs --mode=calibrate or --reject=off).
+  config.eval.report = True
 
-  # Fitted for the best checkpoint after training (bloodcell_jax/trust.py, `--mode=calibrate` for
+  # Fitted for the best checkpoint after training (bloodcell_jax/trust.py; `--mode=calibrate` for
   # another): temperature scaling of the probabilities, and the rejector behind predict's "not a cell".
   config.reject = ml_collections.ConfigDict()
   config.reject.method = "mahalanobis"  # mahalanobis, knn, energy or max_probability (open_set.py)

@@ -23,8 +23,8 @@ class SimpleCNN(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for i, features in enumerate(self.features):
       x = nn.Conv(features, (3, 3), padding="SAME", dtype=self.dtype, name=f"stages_{i}")(x)
-      x = taps.stage(self, nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2)))
-    x = taps.feature_map(self, x).reshape((x.shape[0], -1))
+      x = taps.stage(self, nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2)), i)
+    x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="head_hidden")(x))
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     return nn.Dense(self.num_classes, dtype=self.dtype, name="head_fc")(x).astype(jnp.float32)

@@ -117,9 +117,8 @@ class ConvNeXt(nn.Module):
     for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
       x = ConvNeXtStage(dim, depth, downsample=i > 0, drop_paths=rates[first:first + depth],
                         depthwise_impl=self.depthwise_impl, dtype=self.dtype, name=f"stages_{i}")(x, train)
-      x = taps.stage(self, x)
+      x = taps.stage(self, x, i)
       first += depth
-    x = taps.feature_map(self, x)
     x = jnp.mean(x, axis=(1, 2))
     x = _layer_norm("head_norm", self.dtype)(x)
     x = nn.Dropout(self.head_dropout)(x, deterministic=not train)

@@ -287,14 +287,14 @@ class EfficientNet(nn.Module):
     for i, blocks in enumerate(stages):
       for j, block in enumerate(blocks):
         x = MBlock(block, arch, self.depthwise_impl, self.axis_name, self.dtype, name=f"blocks_{i}_{j}")(x, train)
-      x = taps.stage(self, x)
+      x = taps.stage(self, x, i)
     features = make_divisible(arch.num_features * arch.channel_multiplier) if arch.scale_num_features \
         else arch.num_features
     if arch.family == "efficientnet":
-      x = taps.feature_map(self, layers.conv_bn(x, train, features, 1, 1, arch.act, "conv_head", "bn2"))
+      x = layers.conv_bn(x, train, features, 1, 1, arch.act, "conv_head", "bn2")
       x = jnp.mean(x, axis=(1, 2))
     else:
-      x = jnp.mean(taps.feature_map(self, x), axis=(1, 2), keepdims=True)
+      x = jnp.mean(x, axis=(1, 2), keepdims=True)
       x = nn.Conv(features, (1, 1), use_bias=arch.head_bias, dtype=self.dtype, name="conv_head")(x)
       x = ACTIVATIONS[arch.act](x).reshape(x.shape[0], -1)
     x = nn.Dropout(self.head_dropout)(x, deterministic=not train)
