@@ -184,6 +184,6 @@ def explanation_grid(images, heatmaps, labels, predictions, class_names: Sequenc
         # Left-aligned, the title runs on over the pair's map, so long class names do not collide.
         image_ax.set_title(f"{truth}pred {class_names[predictions[index]]}", fontsize=7, loc="left",
                            color=VAL_COLOUR if wrong else "black")
-  fig.suptitle(f"Grad-CAM on the last stage ({layout}; image, then its map)", fontsize=10)
+  fig.suptitle(f"Grad-CAM of the predicted class ({layout}; image, then its map)", fontsize=10)
   fig.tight_layout()
   return _png(fig)

@@ -177,7 +177,9 @@ def mobilenetv3_small():
     (lambda: ConvNeXt(num_classes=8, depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), depthwise_impl="xla"), 96, 3),
     (mobilenetv3_small, 64, 2),
 ], ids=["convnext", "mobilenetv3_small"])
-def test_shapes_of_stride_32_models(build, size, fmap_size):
+def test_shapes_and_the_default_stage(build, size, fmap_size):
+  """Maps have the image's size; by default they come from the deepest stage of stride 16 (twice the
+  last stage's side, `fmap_size`), and any stage can be asked for."""
   model = build()
   variables = random_variables(model, size)
   images = np.random.default_rng(4).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
@@ -185,10 +187,15 @@ def test_shapes_of_stride_32_models(build, size, fmap_size):
   assert maps.shape == (2, size, size) and maps.dtype == jnp.float32
   assert classes.shape == (2,) and classes.dtype == jnp.int32
   assert float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0
-  assert set(np.asarray(maps.max(axis=(1, 2)))) <= {0.0, 1.0}
-  fmap = jax.eval_shape(functools.partial(explain.feature_map_gradients, model), variables,
-                        normalize(images, MEAN, STD), classes)[1]
-  assert fmap.shape[1:3] == (fmap_size, fmap_size)
+  peaks = np.asarray(maps.max(axis=(1, 2)))
+  assert np.all((peaks == 0.0) | np.isclose(peaks, 1.0, atol=1e-6))
+  x = normalize(images, MEAN, STD)
+  fmap = jax.eval_shape(functools.partial(explain.feature_map_gradients, model), variables, x, classes)[1]
+  assert fmap.shape[1:3] == (2 * fmap_size, 2 * fmap_size)
+  last = jax.eval_shape(functools.partial(explain.feature_map_gradients, model, stage=-1), variables, x, classes)[1]
+  assert last.shape[1:3] == (fmap_size, fmap_size)
+  last_maps, _ = explain.grad_cam(model, variables, images, MEAN, STD, stage=-1)
+  assert last_maps.shape == (2, size, size) and not np.allclose(last_maps, maps)
 
 
 def test_overlay():
