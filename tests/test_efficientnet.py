@@ -3,6 +3,7 @@
 handled under pmap (statistics from the global batch, stored in the train state, frozen in eval)."""
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,7 @@ from bloodcell_jax.models.efficientnet import VARIANTS, EfficientNet, make_divis
 from bloodcell_jax.pretrained import PortError, convert
 from bloodcell_jax.distributed import AXIS
 from bloodcell_jax.steps import StepConfig, create_train_state, init_variables, split_variables, train_step
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 from timm_reference import import_timm
 
 torch = pytest.importorskip("torch", reason="PyTorch not installed (pip install -r requirements-dev.txt)")
@@ -191,7 +192,7 @@ def test_port_command_and_fine_tuning_start(tmp_path):
   from safetensors.numpy import save_file
 
   from bloodcell_jax.pretrained import apply_to_config, merge_into
-  from bloodcell_jax.pretrained.__main__ import port
+  from bloodcell_jax.pretrained.port import port
   from bloodcell_jax.pretrained.store import load_variables
 
   tensors = {k: v.detach().numpy().copy() for k, v in _randomised("mobilenetv3_small_100").state_dict().items()
@@ -270,3 +271,44 @@ def test_freezing_and_layer_decay_know_the_family():
   assert float(scales["conv_stem"]["kernel"]) == 0.5 ** 8 and float(scales["classifier"]["kernel"]) == 1.0
   assert [float(scales[b]["conv_pwl" if "conv_pwl" in scales[b] else "conv_pw"]["kernel"]) for b in blocks] == [
       0.5 ** (8 - i) for i in range(1, 8)]
+
+
+# ImageNet classes a correct model may give each photograph (tests/data/README.md).
+_PHOTOGRAPHS = {"chelsea": {281, 282, 285},  # tabby, tiger cat, Egyptian cat
+                "coffee": {504, 967, 968}}  # coffee mug, espresso, cup
+
+
+def test_lite0_real_imagenet_weights_from_the_package_equal_timm(tmp_path):
+  """The packaged EfficientNet-Lite0 weights, read without PyTorch and ported by name, give timm's
+  tf_efficientnet_lite0 logits (same weights, keys mapped, read by torch.load) to 1e-4 on real
+  photographs, and both see a cat and a cup."""
+  from PIL import Image
+  from bloodcell_jax.pretrained import efficientnet_keys, load_variables, readers
+  from bloodcell_jax.pretrained.port import port
+  try:
+    path = readers.packaged_file("efficientnet_lite0.package")
+  except Exception as e:
+    pytest.skip(str(e))
+  directory = port("efficientnet_lite0.package", out=str(tmp_path))
+  variables, meta = load_variables(directory)
+  assert (meta["family"], meta["variant"], meta["scheme"], meta["num_classes"]) == (
+      "efficientnet", "tf_efficientnet_lite0", "lukemelas", 1000)
+  assert meta["key_report"]["source_keys"] == 296 and meta["mean"] == meta["std"] == [0.5, 0.5, 0.5]
+  assert sum(x.size for x in jax.tree.leaves(variables["params"])) == 4_652_008
+
+  state = torch.load(path, map_location="cpu", weights_only=True)
+  _, stages, _ = resolve_blocks(VARIANTS["tf_efficientnet_lite0"])
+  names = efficientnet_keys.timm_names_of_lukemelas(state, [len(s) for s in stages])
+  reference = import_timm().create_model("tf_efficientnet_lite0", pretrained=False).eval()
+  reference.load_state_dict({names[k]: v for k, v in state.items()}, strict=True)
+
+  photos = np.stack([np.asarray(Image.open(os.path.join(ROOT, "tests", "data", f"{name}.jpg")).convert("RGB"),
+                                np.float32) / 255 for name in _PHOTOGRAPHS])
+  x = (photos - np.float32(meta["mean"])) / np.float32(meta["std"])
+  with torch.no_grad():
+    expected = reference(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+  ours = np.asarray(EfficientNet(1000, VARIANTS["tf_efficientnet_lite0"], depthwise_impl="xla").apply(variables, x))
+  np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=0)
+  for logits in (ours, expected):
+    for (name, classes), top1 in zip(_PHOTOGRAPHS.items(), logits.argmax(-1)):
+      assert top1 in classes, (name, top1)

@@ -12,12 +12,12 @@ import pytest
 from bloodcell_jax import optim
 from bloodcell_jax.models.convnext import VARIANTS, ConvNeXt
 from bloodcell_jax.pretrained import PortError, convert, load
-from bloodcell_jax.pretrained.__main__ import port
+from bloodcell_jax.pretrained.port import port
 from conftest import restore_params, run_main
-from timm_reference import import_timm
+from timm_reference import import_timm, import_transformers
 
 torch = pytest.importorskip("torch", reason="PyTorch not installed (pip install -r requirements-dev.txt)")
-transformers = pytest.importorskip("transformers", reason="transformers not installed (requirements-dev.txt)")
+transformers = import_transformers()
 
 
 def _randomise(module, seed=0):

@@ -1,4 +1,4 @@
-"""timm, the reference implementation of the parity tests, importable on a CPU-only PyTorch.
+"""timm and transformers, the reference implementations of the parity tests, importable on a CPU-only PyTorch.
 
 timm's model code needs no torchvision, but `import timm` imports it (for data transforms and
 FrozenBatchNorm2d). PyPI's torchvision is built against CUDA PyTorch and fails to load next to the
@@ -46,18 +46,34 @@ class _StandInFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
       module.FrozenBatchNorm2d = type("FrozenBatchNorm2d", (torch.nn.BatchNorm2d,), {})
 
 
+def _stand_in_for_broken_torchvision():
+  """Installs the stand-in where torchvision is installed but does not load beside this PyTorch."""
+  if any(isinstance(finder, _StandInFinder) for finder in sys.meta_path):
+    return
+  try:
+    import torchvision  # noqa: F401
+    return
+  except ImportError:
+    return  # not installed: timm and transformers do without it
+  except RuntimeError:
+    pass  # present but built for another PyTorch
+  for name in [n for n in sys.modules if n.split(".")[0] in ("torchvision", "timm", "transformers")]:
+    del sys.modules[name]
+  sys.meta_path.insert(0, _StandInFinder())
+
+
 def import_timm():
   """The timm module, or pytest.skip with the reason where it cannot be imported at all."""
   import pytest
+  _stand_in_for_broken_torchvision()
   try:
-    import timm
-    return timm
+    return importlib.import_module("timm")
   except ImportError as e:
-    if "torchvision" not in str(e):
-      pytest.skip(f"timm is not installed ({e}); it is in requirements-dev.txt")
-  except RuntimeError:
-    pass  # torchvision present but built for another PyTorch
-  for name in [n for n in sys.modules if n.split(".")[0] in ("torchvision", "timm")]:
-    del sys.modules[name]
-  sys.meta_path.insert(0, _StandInFinder())
-  return importlib.import_module("timm")
+    pytest.skip(f"timm is not installed ({e}); it is in requirements-dev.txt")
+
+
+def import_transformers():
+  """Hugging Face transformers (the ConvNeXt reference), or pytest.skip where it is not installed."""
+  import pytest
+  _stand_in_for_broken_torchvision()
+  return pytest.importorskip("transformers", reason="transformers not installed (requirements-dev.txt)")

@@ -7,8 +7,7 @@ Any field can be overridden on the command line, e.g. `--config.optim.learning_r
 
 import ml_collections
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from bloodcell_jax.pretrained.readers import IMAGENET_MEAN, IMAGENET_STD
 
 
 def get_config() -> ml_collections.ConfigDict:

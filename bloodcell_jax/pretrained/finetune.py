@@ -1,14 +1,29 @@
 """Starting a run from ported weights: the config takes the weights' architecture and input
 normalisation, the backbone (with the head's LayerNorm, or BatchNorm statistics) loads, and the
 classifier is a fresh 8-class layer unless `model.keep_head` asks for the checkpoint's own (only
-when it has 8 classes).
+when it has 8 classes). Weights installed as a pip package are ported on first use.
 """
 
 from absl import logging
 
 from bloodcell_jax.classes import NUM_CLASSES
 from bloodcell_jax.errors import UserInputError
-from bloodcell_jax.pretrained import store
+from bloodcell_jax.pretrained import readers, store
+from bloodcell_jax.pretrained.port import port
+
+
+def _ported(source: str) -> str:
+  """The directory of ported weights `source`; packaged weights are ported there the first time."""
+  try:
+    return store.resolve(source)
+  except UserInputError:
+    if source not in readers.PACKAGED:
+      raise
+  try:
+    port(source, out=store.DEFAULT_ROOT)
+  except UserInputError:
+    pass  # another process ported them meanwhile; resolve says whether it did
+  return store.resolve(source)
 
 
 def apply_to_config(config) -> dict | None:
@@ -16,7 +31,7 @@ def apply_to_config(config) -> dict | None:
   source = config.model.init_from
   if not source:
     return None
-  directory = store.resolve(source)
+  directory = _ported(source)
   meta = store.read_meta(directory)
   family = meta.get("family", "convnext")
   if config.model.name != family:

@@ -1,5 +1,5 @@
-"""Converting a ConvNeXt or EfficientNet-family checkpoint into our variables, with every key and
-shape accounted for.
+"""Porting a ConvNeXt or EfficientNet-family checkpoint into our variables, with every key and shape
+accounted for, and storing them for fine-tuning.
 
 `convert` maps each source tensor through the key table of its naming scheme, changes its layout,
 and checks it against the shapes our model has for the architecture read off the checkpoint. Any
@@ -8,6 +8,7 @@ nothing is written in that case.
 """
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -18,7 +19,8 @@ from flax import traverse_util
 from bloodcell_jax.errors import UserInputError
 from bloodcell_jax.models import efficientnet
 from bloodcell_jax.models.convnext import VARIANTS, ConvNeXt
-from bloodcell_jax.pretrained import convnext_keys, efficientnet_keys
+from bloodcell_jax.pretrained import convnext_keys, efficientnet_keys, readers
+from bloodcell_jax.pretrained.store import DEFAULT_ROOT, save
 
 
 class PortError(UserInputError):
@@ -90,14 +92,23 @@ def convert(tensors: dict[str, np.ndarray], source: str, variant: str | None = N
 
 
 def _efficientnet_candidates(tensors: dict, hint: str) -> list[str]:
-  """Variants whose block layout and stem fit the tensors; narrowed by a timm name in `hint`."""
-  blocks = {tuple(int(i) for i in k.split(".")[1:3]) for k in tensors if k.startswith("blocks.")}
-  stem = tensors[efficientnet_keys.SIGNATURE].shape[0]
+  """Variants whose blocks, stem and squeeze-excite fit the tensors; narrowed by a timm name in `hint`."""
+  lukemelas = efficientnet_keys.is_lukemelas(tensors)
+  if lukemelas:
+    count = efficientnet_keys.lukemelas_block_count(tensors)
+    stem = tensors[efficientnet_keys.LUKEMELAS_SIGNATURE].shape[0]
+  else:
+    blocks = {tuple(int(i) for i in k.split(".")[1:3]) for k in tensors if k.startswith("blocks.")}
+    stem = tensors[efficientnet_keys.SIGNATURE].shape[0]
+  has_se = any("_se_reduce." in k or ".se." in k for k in tensors)
   fitting = []
   for name, arch in efficientnet.VARIANTS.items():
     stem_chs, stages, _ = efficientnet.resolve_blocks(arch)
-    if stem_chs == stem and blocks == {(i, j) for i, stage in enumerate(stages) for j in range(len(stage))}:
+    layout_fits = (sum(map(len, stages)) == count if lukemelas
+                   else blocks == {(i, j) for i, stage in enumerate(stages) for j in range(len(stage))})
+    if stem_chs == stem and layout_fits and has_se == any(b.se_chs for stage in stages for b in stage):
       fitting.append(name)
+  hint = hint.replace("-", "_")  # file names such as efficientnet-lite0-57934424.pth
   exact = [n for n in fitting if n == hint.split(".")[0]]
   named = [n for n in fitting if n in hint]
   named = [n for n in named if not any(n != other and n in other for other in named)]  # tf_x over x
@@ -115,6 +126,12 @@ def convert_efficientnet(tensors: dict[str, np.ndarray], source: str, variant: s
     raise PortError(f"{source}: fits {' and '.join(candidates)} (they differ in padding and BatchNorm epsilon "
                     "only); name one with --variant")
   (variant,) = candidates
+  scheme, origin = "timm", {key: key for key in tensors}  # origin: timm's key -> the file's
+  if efficientnet_keys.is_lukemelas(tensors):
+    _, stages, _ = efficientnet.resolve_blocks(efficientnet.VARIANTS[variant])
+    renamed = efficientnet_keys.timm_names_of_lukemelas(tensors, [len(s) for s in stages])
+    scheme, origin = "lukemelas", {new: old for old, new in renamed.items()}
+    tensors = {renamed[key]: value for key, value in tensors.items()}
   if "classifier.weight" not in tensors:
     raise PortError(f"{source}: no classifier.weight; a classifier checkpoint is needed")
   num_classes = tensors["classifier.weight"].shape[0]
@@ -128,13 +145,13 @@ def convert_efficientnet(tensors: dict[str, np.ndarray], source: str, variant: s
       continue
     target = efficientnet_keys.target_of(key)
     if target is None or target[:2] not in expected:
-      problems.append(f"unexpected {key} {tuple(tensors[key].shape)}")
+      problems.append(f"unexpected {origin[key]} {tuple(tensors[key].shape)}")
       continue
     collection, path, _ = target
     value = efficientnet_keys.to_flax_layout(path, np.asarray(tensors[key], np.float32))
-    key_map[key] = f"{collection}/{path}"
+    key_map[origin[key]] = f"{collection}/{path}"
     if value.shape != expected[(collection, path)]:
-      problems.append(f"wrong shape {key}: {tuple(value.shape)} after layout change, {path} needs "
+      problems.append(f"wrong shape {origin[key]}: {tuple(value.shape)} after layout change, {path} needs "
                       f"{expected[(collection, path)]}")
       continue
     flat[(collection, path)] = value
@@ -146,5 +163,49 @@ def convert_efficientnet(tensors: dict[str, np.ndarray], source: str, variant: s
   variables = {c: traverse_util.unflatten_dict({tuple(p.split("/")): v for (cc, p), v in flat.items() if cc == c})
                for c in shapes}
   params = variables.pop("params")
-  return Converted(params, "timm", variant, (), (), num_classes, key_map, family="efficientnet",
+  return Converted(params, scheme, variant, (), (), num_classes, key_map, family="efficientnet",
                    model_state=variables)
+
+
+def normalisation(source_config: dict) -> tuple[list, list]:
+  """Input mean/std from the source's config (timm's pretrained_cfg or HF's), else ImageNet's."""
+  cfg = source_config.get("pretrained_cfg", source_config)
+  mean = cfg.get("mean", cfg.get("image_mean", readers.IMAGENET_MEAN))
+  std = cfg.get("std", cfg.get("image_std", readers.IMAGENET_STD))
+  return [float(m) for m in mean], [float(s) for s in std]
+
+
+def port(source: str, name: str | None = None, out: str = DEFAULT_ROOT, overwrite: bool = False,
+         variant: str | None = None) -> str:
+  """Reads `source` (a file, a folder, packaged weights' name or a timm name), converts it, and stores
+  it as checkpoints/pretrained/<name>/; returns that directory."""
+  packaged = readers.PACKAGED.get(source)
+  if os.path.exists(source):
+    path = source
+  elif packaged:
+    path = readers.packaged_file(source)
+  elif os.sep in source or source.endswith((".safetensors", ".pth", ".pt", ".bin")):
+    raise UserInputError(f"{source}: no such file or folder")
+  else:
+    path = readers.fetch_timm(source)
+  tensors, read_path, source_config = readers.read_file(path)
+  if packaged:
+    variant, source_config = variant or packaged.variant, {"mean": packaged.mean, "std": packaged.std}
+  preprocessor = os.path.join(os.path.dirname(read_path), "preprocessor_config.json")  # Hugging Face's
+  if os.path.exists(preprocessor):
+    with open(preprocessor) as f:
+      source_config = {**source_config, **json.load(f)}
+  converted = convert(tensors, source if not os.path.exists(source) else read_path, variant)
+  mean, std = normalisation(source_config)
+  name = name or (source if not os.path.exists(source) else
+                  os.path.splitext(os.path.basename(os.path.normpath(source)))[0])
+  meta = {"name": name, "source": source, "file": os.path.abspath(read_path), "sha256": readers.sha256_of(read_path),
+          "family": converted.family, "scheme": converted.scheme, "variant": converted.variant,
+          "depths": list(converted.depths),
+          "dims": list(converted.dims), "num_classes": converted.num_classes, "mean": mean, "std": std,
+          "key_report": {"source_keys": len(tensors), "mapped": len(converted.key_map), "unexpected": [],
+                         "missing": [], "map": converted.key_map}}
+  directory = save(os.path.join(out, name), converted.params, meta, overwrite, converted.model_state)
+  print(f"ported {len(converted.key_map)} tensors ({converted.scheme} names, {converted.family} {converted.variant}, "
+        f"{converted.num_classes}-class head) from {read_path} to {directory}")
+  return directory

