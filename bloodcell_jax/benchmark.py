@@ -123,7 +123,8 @@ def benchmark_one(config: ml_collections.ConfigDict, global_batch: int, dtype: s
   model = create_model(config.model, NUM_CLASSES)
   params, model_state = split_variables(init_variables(model, size, config.seed))
   tx = optim.create_optimizer(config.optim, params, optim.learning_rate_schedule(config.optim, 100, 1))
-  state = jax_utils.replicate(create_train_state(params, tx, config.seed, model_state))
+  state = jax_utils.replicate(create_train_state(params, tx, config.seed, model_state,
+                                                 with_ema=bool(config.ema.decay)))
   weights = jax_utils.replicate(jnp.ones(NUM_CLASSES))
   batch = next(jax_utils.prefetch_to_device(iter([_synthetic_batch(global_batch, size, num_devices)]), 1))
   train_batch = {k: batch[k] for k in ("image", "label")}

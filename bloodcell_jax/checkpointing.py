@@ -274,15 +274,21 @@ def _select(workdir: str, which: str | int) -> tuple[list[Checkpoint], list[Chec
   return chosen[:1], every
 
 
-def restore_variables(workdir: str, which: str | int = "best") -> tuple[dict, int]:
+def restore_variables(workdir: str, which: str | int = "best", weights: str | None = None) -> tuple[dict, int]:
   """What `model.apply` needs ({"params": ..., plus BatchNorm's "batch_stats" where the model has
-  them}) as host arrays, verified, and the step. A damaged checkpoint is a UserInputError that names
-  it and the intact ones."""
+  them}) as host arrays, verified, and the step. `weights`: "raw", "ema" (the moving average), or
+  None for the ones the run serves (recorded in the checkpoint). A damaged checkpoint is a
+  UserInputError that names it and the intact ones."""
   chosen, every = _select(workdir, which)
   for checkpoint in chosen:
     manager = _manager(checkpoint.directory, 1, read_only=True)
     try:
-      state = _restore_verified(manager, checkpoint, state=_as_numpy(manager, checkpoint, "state"))["state"]
+      restored = _restore_verified(manager, checkpoint, state=_as_numpy(manager, checkpoint, "state"))
+      state, served = restored["state"], weights or restored["meta"].get("weights", "raw")
+      if served == "ema":
+        if not state.get("ema"):
+          raise UserInputError(f"{checkpoint}: holds no weight average (the run had ema.decay=0)")
+        return dict(state["ema"]), checkpoint.step
       return {"params": state["params"], **state.get("model_state", {})}, checkpoint.step
     except Damaged as e:
       damage = e

@@ -22,7 +22,7 @@ from absl import logging
 from bloodcell_jax import calibration, checkpointing, open_set, trust, tta
 from bloodcell_jax.atomic_files import write_json_atomic
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
-from bloodcell_jax.config import load_run_config, resolve_tta
+from bloodcell_jax.config import load_run_config, resolve_tta, served_weights
 from bloodcell_jax.errors import UserInputError
 from bloodcell_jax.models import create_model
 from bloodcell_jax.steps import apply_with_features, normalize
@@ -148,7 +148,8 @@ def run_export(workdir: str, output: str, checkpoint: str = "best", tta_flag: st
     logging.warning("no temperature or rejector fitted for step %d: the export's probabilities are not calibrated "
                     "and it rejects nothing (--mode=calibrate --checkpoint=%d fits them)", step, step)
   difference = write_export(output, config, variables, tta_name, fitted, platforms=PLATFORMS,
-                            source={"run": os.path.abspath(workdir), "checkpoint": checkpoint, "step": step})
+                            source={"run": os.path.abspath(workdir), "checkpoint": checkpoint, "step": step,
+                                    "weights": served_weights(config)})
   print(f"exported the '{checkpoint}' checkpoint (step {step}) of {workdir} to {output} "
         f"(test-time augmentation: {tta_name}; round-trip difference {difference:.1e}); run it with "
         f"python {os.path.join(output, LOADER_FILE)} IMAGE...")

@@ -19,7 +19,7 @@ from bloodcell_jax import checkpointing, distributed, explain, open_set, report,
 from bloodcell_jax.atomic_files import write_bytes_atomic, write_text_atomic
 from bloodcell_jax.augment import augment_uint8, without_mixing
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
-from bloodcell_jax.config import check_batch_size, load_run_config, resolve_tta, step_config
+from bloodcell_jax.config import check_batch_size, load_run_config, resolve_tta, served_weights, step_config
 from bloodcell_jax.data.prepare import load_eval_set, load_train_val
 from bloodcell_jax.data.sources import ImageSet
 from bloodcell_jax.errors import UserInputError
@@ -226,6 +226,7 @@ def evaluate_and_report(workdir: str, config, data: ImageSet, name: str, checkpo
       "parameters": f"{model.num_params:,}", "image size": f"{config.data.image_size} px",
       "checkpoint": f"{checkpoint} (step {model.step}" + (f", epoch {best_epoch + 1})" if best_epoch is not None
                                                           else ")"),
+      "weights": {"ema": f"moving average (EMA, decay {config.ema.decay})", "raw": "raw"}[served_weights(config)],
       "data": f"{data_label or 'validation split'} ({len(data)} images)",
       "test-time augmentation": f"{tta_name} ({len(tta.VIEWS[tta_name])} views)",
       "evaluated on": f"{jax.local_device_count()} x {device.device_kind} ({device.platform}), JAX {jax.__version__}",
@@ -241,7 +242,7 @@ def evaluate_and_report(workdir: str, config, data: ImageSet, name: str, checkpo
                                  trust=model.trust, explanations=explanations)
   directory = os.path.join(workdir, REPORT_DIR, name)
   record = {"data": data_label or "validation split", "num_images": len(data), "checkpoint": checkpoint,
-            "step": model.step, "epoch": best_epoch, "tta_views": tta_name, "num_params": model.num_params,
+            "step": model.step, "epoch": best_epoch, "weights": served_weights(config), "tta_views": tta_name, "num_params": model.num_params,
             "device": f"{jax.local_device_count()} x {device.device_kind}", "jax_version": jax.__version__}
   result = report.write_report(directory, evaluation, title=f"{context['run']}: {name}", context=context,
                                record=record, history=history, best_epoch=best_epoch, robustness=robustness)

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 DPI = 100
 TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#d62728"
+EMA_COLOUR = "#2ca02c"
 
 
 def _png(fig: Figure) -> bytes:
@@ -26,13 +27,15 @@ def training_curves(rows: list[dict], best_epoch: int | None = None) -> bytes:
   epochs = [row["epoch"] + 1 for row in rows]
 
   def series(split, key):
-    return [np.nan if row[split].get(key) is None else row[split][key] for row in rows]
+    return [np.nan if row.get(split, {}).get(key) is None else row[split][key] for row in rows]
 
   fig = Figure(figsize=(13, 3.8))
   loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
   for ax, key, title in ((loss_ax, "loss", "class-weighted loss"), (acc_ax, "accuracy", "accuracy")):
     ax.plot(epochs, series("train", key), "o-", ms=3, color=TRAIN_COLOUR, label="train (augmented)")
     ax.plot(epochs, series("val", key), "o-", ms=3, color=VAL_COLOUR, label="validation")
+    if any("val_ema" in row for row in rows):
+      ax.plot(epochs, series("val_ema", key), "s-", ms=3, color=EMA_COLOUR, label="validation, weight average")
     ax.set_title(title)
   acc_ax.plot(epochs, series("val", "balanced_accuracy"), "--", color=VAL_COLOUR, alpha=0.6,
               label="validation, balanced")

@@ -16,7 +16,7 @@ import optax
 from flax import linen as nn
 from flax import struct
 
-from bloodcell_jax import tta
+from bloodcell_jax import ema, tta
 from bloodcell_jax.augment import Policy, augment_batch, to_unit_range
 from bloodcell_jax.distributed import AXIS
 from bloodcell_jax.losses import l2_penalty, weighted_cross_entropy_terms
@@ -32,6 +32,7 @@ class TrainState(struct.PyTreeNode):
   opt_state: Any
   rng: jax.Array  # base key (raw uint32[2]); each step folds in the step and the device index
   model_state: Any = struct.field(default_factory=dict)  # other variable collections: BatchNorm's batch_stats
+  ema: Any = struct.field(default_factory=dict)  # moving average of {"params", **model_state}; {} when off
 
 
 def init_variables(model: nn.Module, image_size: int, seed: int) -> dict:
@@ -47,11 +48,14 @@ def split_variables(variables: dict) -> tuple[Any, dict]:
   return variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
 
-def create_train_state(params, tx: optax.GradientTransformation, seed: int, model_state: dict | None = None
-                       ) -> TrainState:
+def create_train_state(params, tx: optax.GradientTransformation, seed: int, model_state: dict | None = None,
+                       with_ema: bool = False) -> TrainState:
+  """Step 0; `with_ema` starts the moving average as a copy of the variables."""
   train_key = jax.random.split(jax.random.PRNGKey(seed))[1]
+  model_state = dict(model_state or {})
+  average = jax.tree.map(jnp.array, {"params": params, **model_state}) if with_ema else {}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=train_key,
-                    model_state=dict(model_state or {}))
+                    model_state=model_state, ema=average)
 
 
 def variables_of(state: TrainState) -> dict:
@@ -76,6 +80,8 @@ class StepConfig:
   augment: Policy = struct.field(pytree_node=False, default=Policy())  # parsed once (augment.parse)
   fill_mode: str = struct.field(pytree_node=False, default="reflect")
   skip_nonfinite: bool = struct.field(pytree_node=False, default=False)
+  ema_decay: float = struct.field(pytree_node=False, default=0.0)  # used where the state holds an average
+  ema_warmup_power: float = struct.field(pytree_node=False, default=0.75)
   tta: str = struct.field(pytree_node=False, default="none")  # test-time views in eval (see tta.VIEWS)
   outputs: bool = struct.field(pytree_node=False, default=False)  # eval also returns logits and features
 
@@ -115,17 +121,22 @@ def train_step(state: TrainState, batch: dict, class_weights: jax.Array, *, mode
   loss_sum = jax.lax.psum(ce_sum, AXIS)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
-  if cfg.skip_nonfinite:  # keep the previous parameters, optimiser and model state for this step
-    params, opt_state, model_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                                  (params, opt_state, model_state),
-                                                  (state.params, state.opt_state, state.model_state))
+  average = state.ema
+  if average:
+    decay = ema.decay_at(state.step + 1, cfg.ema_decay, cfg.ema_warmup_power)
+    average = ema.update(average, {"params": params, **model_state}, decay)
+  if cfg.skip_nonfinite:  # keep the previous parameters, optimiser, model state and average for this step
+    params, opt_state, model_state, average = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old), (params, opt_state, model_state, average),
+        (state.params, state.opt_state, state.model_state, state.ema))
   metrics = {
       "loss_sum": loss_sum,
       "weight_sum": jax.lax.psum(weight_sum, AXIS),
       "grad_norm": grad_norm,
       "finite": finite,
   }
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
+                            ema=average)
   return new_state, metrics, jax.nn.softmax(logits)
 
 

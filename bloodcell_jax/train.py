@@ -27,7 +27,7 @@ from tqdm import tqdm
 from bloodcell_jax import checkpointing, distributed, optim, pretrained
 from bloodcell_jax.atomic_files import finite_or_null, write_json_atomic, write_text_atomic
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
-from bloodcell_jax.config import CONFIG_FILE, architecture_signature, check_batch_size, step_config
+from bloodcell_jax.config import CONFIG_FILE, architecture_signature, check_batch_size, served_weights, step_config
 from bloodcell_jax.data import pipeline
 from bloodcell_jax.data.prepare import load_train_val
 from bloodcell_jax.data.split import save_split
@@ -113,7 +113,7 @@ class _Run:
     if config.model.init_from:
       params, model_state = pretrained.merge_into(params, model_state, config)
     self.tx = optim.create_optimizer(config.optim, params, self.schedule)
-    self.state = create_train_state(params, self.tx, config.seed, model_state)
+    self.state = create_train_state(params, self.tx, config.seed, model_state, with_ema=bool(config.ema.decay))
     self.progress = self._new_epoch(0)
     self.best, self.bad_epochs = -np.inf, 0
 
@@ -122,7 +122,8 @@ class _Run:
 
   def _meta(self) -> dict:
     return {"best": float(self.best), "bad_epochs": self.bad_epochs, "monitor": self.config.train.monitor_metric,
-            "model": architecture_signature(self.config), "class_names": list(CLASS_NAMES)}
+            "model": architecture_signature(self.config), "class_names": list(CLASS_NAMES),
+            "ema": bool(self.config.ema.decay), "weights": served_weights(self.config)}
 
   def open_checkpoints(self) -> checkpointing.RunCheckpoints:
     """Checks the workdir, then restores the newest intact checkpoint if there is one."""
@@ -144,6 +145,10 @@ class _Run:
         changed = sorted(k for k in set(meta["model"]) | set(signature) if meta["model"].get(k) != signature.get(k))
         raise UserInputError(f"{workdir}: holds checkpoints of another model ({', '.join(changed)} differ); "
                              "use another --workdir")
+      if meta.get("ema", False) != bool(config.ema.decay):
+        had = "with" if meta.get("ema", False) else "without"
+        raise UserInputError(f"{workdir}: holds checkpoints trained {had} a weight average, and the config sets "
+                             f"ema.decay={config.ema.decay}; keep it as it was or use another --workdir")
 
     target = jax.device_get(self.state)
     present = checkpointing.list_checkpoints(workdir)
@@ -237,15 +242,20 @@ class _Run:
         step = int(jax.device_get(replicated.step[0]))
         row = {"epoch": epoch, "step": step, "learning_rate": float(self.schedule(step)),
                "time_s": round(time.time() - start, 2), "train": train_metrics, "val": val_metrics}
+        if replicated.ema:
+          row["val_ema"], _ = evaluate(p_eval, replicated.ema, self.data.val, class_weights, self.global_batch,
+                                       self.num_devices, desc="eval ema")
+        served = row["val_ema" if served_weights(config) == "ema" else "val"]
         if distributed.is_primary():
           with open(self.metrics_path, "a") as f:
             f.write(json.dumps(finite_or_null(row), allow_nan=False) + "\n")
           events.write_scalars(epoch + 1, tensorboard_scalars(row))
-        logging.info("epoch %d/%d  train %s | val %s  (%.1fs)", epoch + 1, num_epochs, _summary(train_metrics),
-                     _summary(val_metrics), row["time_s"])
+        logging.info("epoch %d/%d  train %s | val %s%s  (%.1fs)", epoch + 1, num_epochs, _summary(train_metrics),
+                     _summary(val_metrics), f" | val ema {_summary(row['val_ema'])}" if "val_ema" in row else "",
+                     row["time_s"])
 
         monitor = config.train.monitor_metric
-        value = -val_metrics["loss"] if monitor == "loss" else val_metrics[monitor]
+        value = -served["loss"] if monitor == "loss" else served[monitor]
         is_best = value > self.best
         self.best, self.bad_epochs = (value, 0) if is_best else (self.best, self.bad_epochs + 1)
         self.progress = self._new_epoch(epoch + 1)
@@ -269,12 +279,12 @@ class _Run:
 def tensorboard_scalars(row: dict) -> dict[str, float]:
   """An epoch row of metrics.jsonl as TensorBoard tags (`loss/train`, `loss/val`, ...), finite values only.
 
-  Train and validation share a chart per metric; the x axis is the epoch.
+  Train, validation and the weight average's validation share a chart per metric; the x axis is the epoch.
   """
   scalars = {"optim/learning_rate": row["learning_rate"], "time/epoch_s": row["time_s"]}
-  for split in ("train", "val"):
+  for split in ("train", "val", "val_ema"):
     for key in TENSORBOARD_SCALARS:
-      value = row[split].get(key)
+      value = row.get(split, {}).get(key)
       if value is not None and np.isfinite(value):
         scalars[f"{key}/{split}"] = value
   return scalars

@@ -58,10 +58,10 @@ def init_params(model, image_size: int, seed: int):
   return init_variables(model, image_size, seed)["params"]
 
 
-def restore_params(workdir: str, which: str = "best"):
-  """(parameters as host arrays, step) of a run's `best` or `last` checkpoint."""
+def restore_params(workdir: str, which: str = "best", weights: str = "raw"):
+  """(parameters as host arrays, step) of a run's `best` or `last` checkpoint: the raw ones, or "ema"."""
   from bloodcell_jax.checkpointing import restore_variables
-  variables, step = restore_variables(workdir, which)
+  variables, step = restore_variables(workdir, which, weights)
   return variables["params"], step
 
 

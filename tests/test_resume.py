@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -18,8 +19,9 @@ from bloodcell_jax import checkpointing
 from bloodcell_jax.errors import UserInputError
 from conftest import ROOT, restore_params, run_main, subprocess_env
 
-# 256 training images of the bundled sample, 16 steps per epoch, a checkpoint every 3 steps.
-ARGS = ["--config", "configs/quickstart.py", "--config.eval.report=False",
+# 256 training images of the bundled sample, 16 steps per epoch, a checkpoint every 3 steps; the
+# weight average is part of the state that must resume exactly.
+ARGS = ["--config", "configs/quickstart.py", "--config.eval.report=False", "--config.ema.decay=0.9",
         "--config.data.image_size=48", "--config.model.depths=(1,1,1,1)",
         "--config.model.dims=(8,16,24,32)", "--config.train.batch_size=16", "--config.train.num_epochs=4",
         "--config.checkpoint.every_steps=3", "--config.model.drop_path_rate=0.1"]
@@ -34,11 +36,13 @@ def _rows(workdir):
 
 
 def _assert_same_params(a, b):
-  pa, _ = restore_params(a, "last")
-  pb, _ = restore_params(b, "last")
-  import jax
-  for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
-    np.testing.assert_array_equal(x, y)
+  """The raw weights and their moving average are bit-identical."""
+  for weights in ("raw", "ema"):
+    va, _ = checkpointing.restore_variables(a, "last", weights)
+    vb, _ = checkpointing.restore_variables(b, "last", weights)
+    assert jax.tree.structure(va) == jax.tree.structure(vb)
+    for x, y in zip(jax.tree.leaves(va), jax.tree.leaves(vb)):
+      np.testing.assert_array_equal(x, y)
 
 
 def _start(args, workdir, devices=2, log_path=None):
@@ -130,6 +134,24 @@ def test_damaged_checkpoints_fall_back_then_refuse_then_restart(reference, tmp_p
   assert restarted.returncode == 0, restarted.stderr[-3000:]
   assert [d for d in os.listdir(workdir) if d.startswith("replaced-")]
   assert [r["epoch"] for r in _rows(workdir)] == [0]
+
+
+def test_the_run_serves_its_weight_average_and_refuses_to_resume_without_it(reference, tmp_path):
+  served, step = checkpointing.restore_variables(reference, "best")
+  average, _ = checkpointing.restore_variables(reference, "best", "ema")
+  raw, _ = checkpointing.restore_variables(reference, "best", "raw")
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(served), jax.tree.leaves(average)))
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(served), jax.tree.leaves(raw)))
+  with open(os.path.join(reference, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert all(0.0 <= row["val_ema"]["accuracy"] <= 1.0 for row in rows)
+  best = max(rows, key=lambda row: row["val_ema"]["balanced_accuracy"])  # the monitor, on the served weights
+  assert best["step"] == step
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference, workdir)
+  refused = run_main(ARGS + [f"--workdir={workdir}", "--config.ema.decay=0"], devices=2)
+  assert refused.returncode == 2
+  assert "holds checkpoints trained with a weight average" in refused.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("first, second", [(4, 1)])  # host arrays restored onto any count; 1 -> 4 is the same path

@@ -2,7 +2,7 @@
 
 from bloodcell_jax.config.defaults import get_config
 from bloodcell_jax.config.rules import (CONFIG_FILE, architecture_signature, check_batch_size, load_run_config, resolve,
-                                        resolve_tta, step_config, upgrade, validate)
+                                        resolve_tta, served_weights, step_config, upgrade, validate)
 
 __all__ = ["CONFIG_FILE", "architecture_signature", "check_batch_size", "get_config", "load_run_config", "resolve",
-           "resolve_tta", "step_config", "upgrade", "validate"]
+           "resolve_tta", "served_weights", "step_config", "upgrade", "validate"]

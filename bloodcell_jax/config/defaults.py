@@ -74,6 +74,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.prefetch = 2  # batches copied to the devices ahead of the step
   config.train.skip_nonfinite_steps = False  # True: a step with a NaN/inf loss or gradient changes nothing
 
+  # Moving average of the weights (bloodcell_jax/ema.py), saved in every checkpoint and evaluated on the
+  # validation split each epoch beside the raw weights.
+  config.ema = ml_collections.ConfigDict()
+  config.ema.decay = 0.0  # e.g. 0.999; 0 keeps no average
+  config.ema.warmup_power = 0.75  # decay 1 - (1 + step)^-power until it reaches `decay`; 0: no warm-up
+  config.ema.weights = "ema"  # with an average: the weights that pick best/ and serve eval, predict, export
+
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.keep = 2  # most recent checkpoints kept (the best is kept apart)
   config.checkpoint.every_steps = 0  # also save every N steps (0: at epoch ends only)

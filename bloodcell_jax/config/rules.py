@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 
 import ml_collections
 
-from bloodcell_jax import open_set, optim, pretrained, tta
+from bloodcell_jax import ema, open_set, optim, pretrained, tta
 from bloodcell_jax.augment import parse as parse_policy
 from bloodcell_jax.augment.sampling import check_fill_mode
 from bloodcell_jax.classes import NUM_CLASSES
@@ -82,6 +82,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check("train.monitor_metric", _one_of(MONITORED), config.train.monitor_metric)
   if config.train.num_epochs < 1:
     raise UserInputError(f"config: train.num_epochs={config.train.num_epochs} must be at least 1")
+  _check("ema.decay", ema.check_decay, config.ema.decay)
+  _check("ema.warmup_power", ema.check_warmup_power, config.ema.warmup_power)
+  _check("ema.weights", _one_of(ema.WEIGHTS), config.ema.weights)
   if config.checkpoint.every_steps < 0 or config.checkpoint.keep < 1:
     raise UserInputError("config: checkpoint.every_steps must be >= 0 and checkpoint.keep >= 1")
   _check("eval.tta", tta.check, config.eval.tta, ": ")
@@ -143,7 +146,13 @@ def step_config(config: ml_collections.ConfigDict, tta_name: str = "none", outpu
   return StepConfig(num_classes=NUM_CLASSES, mean=tuple(config.data.mean), std=tuple(config.data.std),
                     label_smoothing=config.loss.label_smoothing, l2=config.loss.l2,
                     augment=parse_policy(config.data.augment), fill_mode=config.data.fill_mode,
-                    skip_nonfinite=config.train.skip_nonfinite_steps, tta=tta_name, outputs=outputs)
+                    skip_nonfinite=config.train.skip_nonfinite_steps, ema_decay=config.ema.decay,
+                    ema_warmup_power=config.ema.warmup_power, tta=tta_name, outputs=outputs)
+
+
+def served_weights(config: ml_collections.ConfigDict) -> str:
+  """Which weights pick the best checkpoint and serve eval, predict and export: "ema" or "raw"."""
+  return config.ema.weights if config.ema.decay else "raw"
 
 
 def architecture_signature(config: ml_collections.ConfigDict) -> dict:
