@@ -9,8 +9,11 @@ steps excluded, `synchronize` before each clock read, median and spread over rep
       --modes eager,compile --jax_json checkpoints/convnext_tiny/benchmark.json
 
 With --jax_json (the file `--mode=benchmark` writes) it prints JAX over PyTorch for the same batch,
-resolution and dtype. Without timm (its import needs a torchvision matching torch), --impl hf uses
-Hugging Face transformers' ConvNextForImageClassification, the same architecture.
+resolution and dtype. `--impl auto` (the default) uses timm where it imports, else Hugging Face
+transformers' ConvNextForImageClassification (the same architecture), and says which. Where PyPI's
+torchvision does not load beside the CPU PyTorch ("operator torchvision::nms does not exist"), the
+tests' stand-in for torchvision (tests/timm_reference.py; timm's model code never calls it) lets both
+import, as in the README's dev install.
 """
 
 import argparse
@@ -23,8 +26,10 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 from bloodcell_jax.benchmark import time_steps  # noqa: E402  (the loop main.py --mode=benchmark times with)
+from timm_reference import stand_in_for_broken_torchvision  # noqa: E402
 
 VARIANTS = {  # depths, dims (timm's convnext_*)
     "convnext_atto": ([2, 2, 6, 2], [40, 80, 160, 320]),
@@ -32,6 +37,22 @@ VARIANTS = {  # depths, dims (timm's convnext_*)
     "convnext_small": ([3, 3, 27, 3], [96, 192, 384, 768]),
     "convnext_base": ([3, 3, 27, 3], [128, 256, 512, 1024]),
 }
+
+
+def choose_impl(impl: str) -> tuple[str, str]:
+  """("timm" or "hf", its version): the asked-for reference, or with "auto" the first that imports.
+  SystemExit with one line saying what to install where none does."""
+  stand_in_for_broken_torchvision()
+  errors = []
+  for name, module in (("timm", "timm"), ("hf", "transformers")):
+    if impl not in ("auto", name):
+      continue
+    try:
+      return name, __import__(module).__version__
+    except Exception as e:  # noqa: BLE001  (a broken install raises more than ImportError)
+      errors.append(f"{module}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+  raise SystemExit(f"torch_side_by_side.py: no PyTorch ConvNeXt reference imports ({'; '.join(errors)}); "
+                   "pip install -r requirements-dev.txt")
 
 
 def build_model(impl: str, name: str, drop_path: float, num_classes: int = 8) -> torch.nn.Module:
@@ -116,7 +137,7 @@ def jax_figure(path: str, batch: int, dtype: str) -> float | None:
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", default="convnext_tiny", choices=sorted(VARIANTS))
-  parser.add_argument("--impl", default="timm", choices=("timm", "hf"))
+  parser.add_argument("--impl", default="auto", choices=("auto", "timm", "hf"))
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--size", type=int, default=96)
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
@@ -130,12 +151,12 @@ def main() -> int:
   parser.add_argument("--out", help="write the results here as JSON")
   args = parser.parse_args()
   device = torch.device(args.device)
+  args.impl, version = choose_impl(args.impl)
   env = {"torch": torch.__version__, "python": platform.python_version(), "impl": args.impl,
-         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-         "threads": torch.get_num_threads()}
-  if args.impl == "timm":
-    import timm
-    env["timm"] = timm.__version__
+         "impl_version": version, "threads": torch.get_num_threads(),
+         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"}
+  print(f"reference: {'timm' if args.impl == 'timm' else 'transformers'} {version}, PyTorch {torch.__version__}, "
+        f"{env['device']}, {env['threads']} threads", flush=True)
   jax_rate = jax_figure(args.jax_json, args.batch, args.dtype) if args.jax_json else None
   rows = []
   for mode in args.modes.split(","):

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from flax import jax_utils
 
-from bloodcell_jax import optim
+from bloodcell_jax import cpu_info, optim
 from bloodcell_jax.atomic_files import write_json_atomic
 from bloodcell_jax.classes import NUM_CLASSES
 from bloodcell_jax.config import check_batch_size, step_config
@@ -49,6 +49,17 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
     if name.lower() in device_kind.lower():
       return PEAK_FLOPS[name].get(dtype)
   return None
+
+
+def local_peak_flops(dtype: str) -> float | None:
+  """The peak of all local devices together: the chips' data-sheet figure times their number, or on
+  the CPU backend the host's estimate (cpu_info; fake CPU devices share the same cores)."""
+  device = jax.local_devices()[0]
+  if device.platform == "cpu":
+    cpu = cpu_info.host()
+    return cpu.peak_flops(dtype) if cpu else None
+  peak = peak_flops(device.device_kind, dtype)
+  return peak * jax.local_device_count() if peak else None
 
 
 def _synthetic_batch(global_batch: int, image_size: int, num_devices: int, seed: int = 0) -> dict:
@@ -147,9 +158,9 @@ def benchmark_one(config: ml_collections.ConfigDict, global_batch: int, dtype: s
     flops = _flops(compiled)
     if flops:
       entry["flops_per_step"] = flops * num_devices
-      peak = peak_flops(jax.local_devices()[0].device_kind, dtype)
+      peak = local_peak_flops(dtype)
       achieved = entry["flops_per_step"] * entry["images_per_s"] / global_batch
-      entry["mfu"] = achieved / (peak * num_devices) if peak else None
+      entry["mfu"] = achieved / peak if peak else None
     result[f"train_augment_{augment}"] = entry
     state = holder["state"]
 
@@ -165,10 +176,18 @@ def benchmark_one(config: ml_collections.ConfigDict, global_batch: int, dtype: s
 
 def environment() -> dict:
   device = jax.local_devices()[0]
-  return {"device_kind": device.device_kind, "platform": device.platform, "num_local_devices": jax.local_device_count(),
-          "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-          "peak_flops_known": peak_flops(device.device_kind, "bfloat16") is not None
-          or peak_flops(device.device_kind, "float32") is not None}
+  env = {"device_kind": device.device_kind, "platform": device.platform, "num_local_devices": jax.local_device_count(),
+         "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+         "peak_flops_known": local_peak_flops("bfloat16") is not None or local_peak_flops("float32") is not None}
+  cpu = cpu_info.host()
+  if cpu:
+    env["host_cpu"] = cpu.describe()
+    env["host_cpu_fields"] = {"vendor": cpu.vendor, "family": cpu.family, "model": cpu.model,
+                              "logical_cpus": cpu.logical_cpus, "cores": cpu.cores, "ghz": cpu.ghz,
+                              "vector_extensions": cpu.vector_extensions}
+    if device.platform == "cpu":
+      env["peak_estimate"] = {d: cpu.describe_peak(d) for d in ("float32", "bfloat16")}
+  return env
 
 
 def format_table(results: list[dict]) -> str:
@@ -210,6 +229,11 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, batch_sizes: 
   write_json_atomic(out, report)
   print(f"{env['device_kind']} x {env['num_local_devices']}, JAX {env['jax']}, XLA_FLAGS='{env['xla_flags']}', "
         f"model {config.model.name} {config.model.variant}, {config.data.image_size}x{config.data.image_size}")
+  if "host_cpu" in env:
+    print(f"host CPU: {env['host_cpu']}")
+  for dtype in dtypes:
+    if dtype in env.get("peak_estimate", {}):
+      print(f"MFU against the {env['peak_estimate'][dtype]} (bloodcell_jax/cpu_info.py)")
   print(format_table(results))
   if not env["peak_flops_known"]:
     print(f"MFU: peak FLOP/s of '{env['device_kind']}' unknown (not in the table)")

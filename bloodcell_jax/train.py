@@ -24,7 +24,7 @@ from absl import logging
 from flax import jax_utils
 from tqdm import tqdm
 
-from bloodcell_jax import checkpointing, distributed, optim, pretrained
+from bloodcell_jax import checkpointing, cpu_info, distributed, optim, pretrained
 from bloodcell_jax.atomic_files import finite_or_null, write_json_atomic, write_text_atomic
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
 from bloodcell_jax.config import CONFIG_FILE, architecture_signature, check_batch_size, served_weights, step_config
@@ -290,13 +290,9 @@ def tensorboard_scalars(row: dict) -> dict[str, float]:
   return scalars
 
 
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-  except OSError:
-    names = []
-  return names[0] if names else (platform.processor() or platform.machine())
+def _host_cpu() -> str:
+  cpu = cpu_info.host()
+  return cpu.describe() if cpu else (platform.processor() or platform.machine())
 
 
 def record_run_info(workdir: str, num_params: int) -> None:
@@ -310,7 +306,7 @@ def record_run_info(workdir: str, num_params: int) -> None:
   info["sessions"].append({
       "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "platform": device.platform,
       "device_kind": device.device_kind, "local_devices": jax.local_device_count(),
-      "processes": jax.process_count(), "host_cpu": _cpu_model(),
+      "processes": jax.process_count(), "host_cpu": _host_cpu(),
       "cpu_count": os.cpu_count(), "jax_version": jax.__version__})
   write_json_atomic(path, info)
 

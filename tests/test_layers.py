@@ -14,9 +14,9 @@ from conftest import ROOT
 FLOORS = (
     ("infrastructure", ("", "errors", "atomic_files", "classes", "distributed", "platform_setup", "compilation_cache",
                         "preemption", "tensorboard_writer", "metrics", "plots", "exported_model", "integrity",
-                        "run_lock", "neighbours", "calibration", "open_set")),
+                        "run_lock", "neighbours", "calibration", "open_set", "cpu_info")),
     ("data, augmentation, models", ("data", "data.*", "augment", "augment.*", "models", "models.*")),
-    ("steps and transfer", ("losses", "optim", "tta", "steps", "explain", "pretrained", "pretrained.*")),
+    ("steps and transfer", ("losses", "optim", "ema", "tta", "steps", "explain", "pretrained", "pretrained.*")),
     ("config", ("config", "config.*")),
     ("run services", ("evaluation", "checkpointing", "progress", "report", "robustness", "trust")),
     ("modes", ("train", "inference", "export", "benchmark", "preview", "verify")),

@@ -46,7 +46,7 @@ class _StandInFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
       module.FrozenBatchNorm2d = type("FrozenBatchNorm2d", (torch.nn.BatchNorm2d,), {})
 
 
-def _stand_in_for_broken_torchvision():
+def stand_in_for_broken_torchvision():
   """Installs the stand-in where torchvision is installed but does not load beside this PyTorch."""
   if any(isinstance(finder, _StandInFinder) for finder in sys.meta_path):
     return
@@ -65,7 +65,7 @@ def _stand_in_for_broken_torchvision():
 def import_timm():
   """The timm module, or pytest.skip with the reason where it cannot be imported at all."""
   import pytest
-  _stand_in_for_broken_torchvision()
+  stand_in_for_broken_torchvision()
   try:
     return importlib.import_module("timm")
   except ImportError as e:
@@ -75,5 +75,5 @@ def import_timm():
 def import_transformers():
   """Hugging Face transformers (the ConvNeXt reference), or pytest.skip where it is not installed."""
   import pytest
-  _stand_in_for_broken_torchvision()
+  stand_in_for_broken_torchvision()
   return pytest.importorskip("transformers", reason="transformers not installed (requirements-dev.txt)")
