@@ -172,6 +172,51 @@ def occlusion(key, image, magnitude=1.0, fill_mode=None):
   return image
 
 
+_DEPOSITS = 8
+
+
+def deposits(key, image, magnitude=1.0, fill_mode=None):
+  """Stain precipitate on the smear: up to 8 opaque blobs (each two overlapping discs, so not round)
+  in dark violet to blue-black, radius 1.5% to 1.5% + 5%m of the side, opacity 0.6-1; the number
+  present grows with magnitude. Unlike grey dust they have the hue of nuclei and granules."""
+  h, w = image.shape[:2]
+  k_on, k_centre, k_offset, k_radius, k_colour, k_alpha = jax.random.split(key, 6)
+  on = jax.random.uniform(k_on, (_DEPOSITS,)) < 0.25 + 0.75 * magnitude * jnp.linspace(1.0, 0.3, _DEPOSITS)
+  centre = jax.random.uniform(k_centre, (_DEPOSITS, 2)) * jnp.array([h, w])
+  radius = _uniform(k_radius, 0.015, 0.015 + 0.05 * magnitude, (_DEPOSITS,)) * min(h, w)
+  offset = jax.random.normal(k_offset, (_DEPOSITS, 2)) * radius[:, None] * 0.6
+  base = jnp.array([0.22, 0.10, 0.32])  # haematoxylin-violet, darkened
+  colour = jnp.clip(base * _uniform(k_colour, 0.3, 1.4, (_DEPOSITS, 1)), 0.0, 1.0)
+  alpha = _uniform(k_alpha, 0.6, 1.0, (_DEPOSITS,))
+  yy, xx = jnp.arange(h, dtype=jnp.float32)[:, None], jnp.arange(w, dtype=jnp.float32)[None, :]
+  for i in range(_DEPOSITS):
+    first = jnp.clip(radius[i] - jnp.hypot(yy - centre[i, 0], xx - centre[i, 1]) + 0.5, 0.0, 1.0)
+    second = jnp.clip(0.7 * radius[i] - jnp.hypot(yy - centre[i, 0] - offset[i, 0], xx - centre[i, 1] - offset[i, 1])
+                      + 0.5, 0.0, 1.0)
+    cover = (alpha[i] * jnp.maximum(first, second) * on[i])[..., None]
+    image = image * (1.0 - cover) + colour[i] * cover
+  return image
+
+
+def bubbles(key, image, magnitude=1.0, fill_mode=None):
+  """An air bubble under the coverslip: a translucent disc of radius 10% to 10% + 25%m of the side,
+  anywhere (often across the cell), whose inside is brightened and slightly washed out and whose
+  edge is a dark refracting ring 1-3 px wide with a bright inner highlight."""
+  h, w = image.shape[:2]
+  k_centre, k_radius, k_width, k_strength = jax.random.split(key, 4)
+  centre = jax.random.uniform(k_centre, (2,)) * jnp.array([h, w])
+  radius = _uniform(k_radius, 0.10, 0.10 + 0.25 * magnitude) * min(h, w)
+  width = _uniform(k_width, 1.0, 3.0)
+  strength = _uniform(k_strength, 0.4, 0.9) * jnp.minimum(1.0, 0.3 + magnitude)
+  yy, xx = jnp.arange(h, dtype=jnp.float32)[:, None], jnp.arange(w, dtype=jnp.float32)[None, :]
+  distance = jnp.hypot(yy - centre[0], xx - centre[1])
+  inside = jnp.clip(radius - distance + 0.5, 0.0, 1.0)[..., None]
+  ring = jnp.exp(-jnp.square((distance - radius) / width))[..., None]
+  highlight = jnp.exp(-jnp.square((distance - (radius - 1.5 * width)) / (0.7 * width)))[..., None]
+  washed = image + inside * strength * 0.35 * (1.0 - image)
+  return jnp.clip(washed * (1.0 - 0.8 * strength * ring) + 0.4 * strength * highlight, 0.0, 1.0)
+
+
 def cutout(key, image, magnitude=1.0, fill_mode=None):
   """Random erasing: a rectangle of 2% to 2% + 30%m of the area (aspect 1/3..3) filled with noise."""
   h, w = image.shape[:2]

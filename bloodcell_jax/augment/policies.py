@@ -30,13 +30,14 @@ IMAGE_OPS = {
     "equalize": colour.equalize, "sharpness": colour.sharpness,
     "gaussian_blur": degrade.gaussian_blur, "defocus": degrade.defocus, "motion_blur": degrade.motion_blur,
     "noise": degrade.noise, "pixelate": degrade.pixelate, "jpeg": degrade.jpeg,
-    "illumination": degrade.illumination, "occlusion": degrade.occlusion, "cutout": degrade.cutout,
+    "illumination": degrade.illumination, "occlusion": degrade.occlusion, "deposits": degrade.deposits,
+    "bubbles": degrade.bubbles, "cutout": degrade.cutout,
 }
 MIX_OPS = {"mixup": mixing.mixup, "cutmix": mixing.cutmix}
 RANDAUGMENT_OPS = ("identity", "autocontrast", "equalize", "rotate", "solarize", "saturation", "posterize",
                    "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")
 DEGRADATIONS = ("gaussian_blur", "defocus", "motion_blur", "noise", "pixelate", "jpeg", "illumination",
-                "occlusion", "stain", "brightness", "contrast")
+                "occlusion", "deposits", "bubbles", "stain", "brightness", "contrast")
 
 _GEOMETRIC = "dihedral(1, 1)"
 NAMED = {
