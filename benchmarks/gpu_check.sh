@@ -7,6 +7,11 @@
 #
 #   RESULTS=$OUT bash benchmarks/gpu_check.sh          (env: BATCH=256 SIZE=96 STEPS=10 REPEATS=3)
 # benchmarks/gpu_suite.sh is the longer sweep (float32 rows, each augmentation op alone).
+# On the lent machines (JAX, flax, optax, orbax, torch and timm installed; nothing can be fetched) carry
+# the two missing packages as wheels: here `pip download --no-deps --only-binary=:all: --python-version
+# 3.12 -d .whl ml-collections==1.1.0 dm-pix==0.4.5` (with .whl in .git/info/exclude), then run with
+# carry [".whl"] and `pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
+# PYTHONPATH=/tmp/site RESULTS=$OUT bash benchmarks/gpu_check.sh`.
 set -u
 RESULTS=${RESULTS:-benchmark_results}
 BATCH=${BATCH:-256}
@@ -30,11 +35,13 @@ jax_bench() {  # name, config, timeout, extra flags...
   local name=$1 config=$2 limit=$3; shift 3
   timeout "$limit" $PY main.py --mode=benchmark --config "$config" --config.data.image_size="$SIZE" \
     --bench_batch_sizes="$BATCH" --bench_dtypes=bfloat16 --bench_steps="$STEPS" --bench_repeats="$REPEATS" \
-    --workdir "$WORK/$name" "$@" && cp "$WORK/$name/benchmark.json" "$RESULTS/jax_$name.json"
+    --workdir "$WORK/$name" "$@" && cp "$WORK/$name/benchmark.json" "$RESULTS/jax_$name.json" \
+    || echo "!! $name: failed or over its ${limit} s"
 }
 torch_bench() {  # model, drop_path, timeout
   timeout "$3" $PY benchmarks/torch_side_by_side.py --model "$1" --drop_path "$2" --batch "$BATCH" --size "$SIZE" \
-    --dtype bfloat16 --modes eager,compile --steps "$STEPS" --repeats "$REPEATS" --out "$RESULTS/torch_$1.json"
+    --dtype bfloat16 --modes eager,compile --steps "$STEPS" --repeats "$REPEATS" --out "$RESULTS/torch_$1.json" \
+    || echo "!! timm $1: failed or over its $3 s"
 }
 
 stamp "JAX ConvNeXt-T, heavy augmentation on and off, depthwise shift-add with autodiff's gradient"

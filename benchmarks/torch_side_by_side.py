@@ -170,9 +170,9 @@ def main() -> int:
     print(f"{args.model} {mode:<8} b{args.batch} {args.size}px {args.dtype:<8} "
           f"{result['images_per_s']:9.1f} img/s [{result['images_per_s_min']:.1f}-{result['images_per_s_max']:.1f}]"
           f"  first step {result['first_step_s']:.1f}s{ratio}", flush=True)
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump({"environment": env, "results": rows}, f, indent=2)
+    if args.out:  # after each mode: a later one that runs out of time keeps the earlier rows
+      with open(args.out, "w") as f:
+        json.dump({"environment": env, "results": rows}, f, indent=2)
   return 0
 
 

@@ -137,53 +137,35 @@ def _tiny_mobilenet():
   return config
 
 
-# EfficientNetV2 here; EfficientNet-B0 trains in the next test, MobileNetV3 end to end below.
-@pytest.mark.parametrize("variant", ["tf_efficientnetv2_s"])
-def test_each_family_trains_and_keeps_batchnorm_statistics(variant):
+# EfficientNetV2-S (fused and plain MBConv blocks) here; MobileNetV3 end to end below.
+def test_batchnorm_statistics_come_from_the_global_batch_and_training_moves_them():
+  """Two devices with half the batch each give the running statistics of one device with all of it
+  (the same on both devices), and three steps on the same batch lower its loss."""
   config = _tiny_mobilenet()
-  config.model.variant = variant
-  model = create_model(config.model, 8)
-  params, model_state = split_variables(init_variables(model, 32, seed=0))
-  tx = optim.create_optimizer(config.optim, params, optim.learning_rate_schedule(config.optim, 10, 1))
-  state = jax_utils.replicate(create_train_state(params, tx, 0, model_state), jax.local_devices()[:2])
-  step = jax.pmap(functools.partial(train_step, model=model, tx=tx, cfg=StepConfig(8, (0.5,) * 3, (0.25,) * 3)),
-                  axis_name=AXIS, devices=jax.local_devices()[:2])
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8), "label": rng.integers(0, 8, (2, 4))}
-  losses = []
-  for _ in range(3):  # the same batch: the loss must fall
-    state, metrics, _ = step(state, batch, jnp.ones((2, 8)))
-    losses.append(float(metrics["loss_sum"][0] / metrics["weight_sum"][0]))
-  assert all(np.isfinite(losses)) and losses[-1] < losses[0]
-  before = jax.tree.leaves(model_state["batch_stats"])
-  after = jax.tree.leaves(state.model_state["batch_stats"])
-  assert any(not np.allclose(a[0], b) for a, b in zip(after, before))  # running statistics moved
-  for leaf in after:  # and are the same on both devices (averaged over the batch axis)
-    np.testing.assert_array_equal(leaf[0], leaf[1])
-
-
-def test_batchnorm_statistics_come_from_the_global_batch():
-  """Two devices with half the batch each give the running statistics of one device with all of it."""
-  config = _tiny_mobilenet()
-  config.model.variant = "efficientnet_b0"
+  config.model.variant = "tf_efficientnetv2_s"
   model = create_model(config.model, 8)
   params, model_state = split_variables(init_variables(model, 32, seed=0))
   tx = optim.create_optimizer(config.optim, params, optim.learning_rate_schedule(config.optim, 10, 1))
   rng = np.random.default_rng(1)
   images, labels = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), rng.integers(0, 8, 8)
-  results = []
+  results, losses = [], []
   for devices in (1, 2):
     state = jax_utils.replicate(create_train_state(params, tx, 0, model_state), jax.local_devices()[:devices])
     step = jax.pmap(functools.partial(train_step, model=model, tx=tx, cfg=StepConfig(8, (0.5,) * 3, (0.25,) * 3)),
                     axis_name=AXIS, devices=jax.local_devices()[:devices])
     batch = {"image": images.reshape(devices, -1, 32, 32, 3), "label": labels.reshape(devices, -1)}
-    state, metrics, _ = step(state, batch, jnp.ones((devices, 8)))
-    assert bool(metrics["finite"][0])
-    results.append([np.asarray(x[0]) for x in jax.tree.leaves(state.model_state["batch_stats"])])
+    for _ in range(3 if devices == 2 else 1):
+      state, metrics, _ = step(state, batch, jnp.ones((devices, 8)))
+      assert bool(metrics["finite"][0])
+      losses.append(float(metrics["loss_sum"][0] / metrics["weight_sum"][0]))
+      if len(results) < devices:
+        results.append([np.asarray(x) for x in jax.tree.leaves(state.model_state["batch_stats"])])
   initial = jax.tree.leaves(model_state["batch_stats"])
-  assert any(not np.allclose(after, before) for after, before in zip(results[0], initial))
+  assert any(not np.allclose(after[0], before) for after, before in zip(results[0], initial))
   for one, two in zip(*results):
-    np.testing.assert_allclose(one, two, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(one[0], two[0], rtol=2e-4, atol=2e-5)
+    np.testing.assert_array_equal(two[0], two[1])  # averaged over the batch axis: the same on both devices
+  assert losses[-1] < losses[1]  # the 2-device steps on the same batch
 
 
 def test_port_command_and_fine_tuning_start(tmp_path):
