@@ -4,7 +4,7 @@ import os
 import jax
 import pytest
 
-from bloodcell_jax import benchmark
+from bloodcell_jax import benchmark, cpu_info
 from conftest import tiny_config
 
 
@@ -30,10 +30,18 @@ def test_benchmark_reports_every_figure(tmp_path, capsys):
     assert entry["images_per_s_per_device"] == pytest.approx(entry["images_per_s"] / jax.local_device_count())
     assert entry["compile_s"] > 0
   plain = result["train_augment_none"]
-  assert plain["flops_per_step"] > 0 and plain["mfu"] is None  # CPU: peak unknown
-  assert result["host_pipeline_over_step"] > 0
+  assert plain["flops_per_step"] > 0
+  cpu = cpu_info.host()
   out = capsys.readouterr().out
-  assert "train+aug img/s" in out and "peak FLOP/s of" in out
+  if cpu is not None and cpu.peak_flops("float32"):  # CPU MFU: achieved FLOP/s over the host's estimated peak
+    achieved = plain["flops_per_step"] * plain["images_per_s"] / 8
+    assert plain["mfu"] == pytest.approx(achieved / cpu.peak_flops("float32"))
+    assert f"host CPU: {cpu.describe()}" in out and cpu.describe_peak("float32") in out
+    assert env["host_cpu_fields"]["family"] == cpu.family
+  else:
+    assert plain["mfu"] is None and "peak FLOP/s of" in out
+  assert result["host_pipeline_over_step"] > 0
+  assert "train+aug img/s" in out
 
 
 def test_benchmark_runs_a_batchnorm_model(tmp_path):

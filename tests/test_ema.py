@@ -74,7 +74,8 @@ def test_train_step_keeps_the_average_computed_by_hand():
 
 
 def test_batchnorm_statistics_are_averaged_too():
-  config = tiny_config(**{"model.name": "efficientnet", "model.variant": "mobilenetv3_small_100", "model.width_multiplier": 0.25})
+  config = tiny_config(**{"model.name": "efficientnet", "model.variant": "mobilenetv3_small_100",
+                          "model.width_multiplier": 0.25, "model.depth_multiplier": 0.1})
   start, states = _steps(config, [_batch(0), _batch(1)])
   assert set(start.ema) == {"params", "batch_stats"}
   decay = [0.0, min(0.8, 1 - 2 ** -0.75)]
