@@ -20,7 +20,7 @@ from flax import jax_utils
 from bloodcell_jax import cpu_info, optim
 from bloodcell_jax.atomic_files import write_json_atomic
 from bloodcell_jax.classes import NUM_CLASSES
-from bloodcell_jax.config import check_batch_size, step_config
+from bloodcell_jax.config import check_batch_size, keeps_weight_average, step_config
 from bloodcell_jax.data import pipeline
 from bloodcell_jax.data.sources import ImageSet
 from bloodcell_jax.errors import UserInputError
@@ -135,7 +135,7 @@ def benchmark_one(config: ml_collections.ConfigDict, global_batch: int, dtype: s
   params, model_state = split_variables(init_variables(model, size, config.seed))
   tx = optim.create_optimizer(config.optim, params, optim.learning_rate_schedule(config.optim, 100, 1))
   state = jax_utils.replicate(create_train_state(params, tx, config.seed, model_state,
-                                                 with_ema=bool(config.ema.decay)))
+                                                 with_ema=keeps_weight_average(config)))
   weights = jax_utils.replicate(jnp.ones(NUM_CLASSES))
   batch = next(jax_utils.prefetch_to_device(iter([_synthetic_batch(global_batch, size, num_devices)]), 1))
   train_batch = {k: batch[k] for k in ("image", "label")}

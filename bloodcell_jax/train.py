@@ -27,7 +27,8 @@ from tqdm import tqdm
 from bloodcell_jax import checkpointing, cpu_info, distributed, optim, pretrained
 from bloodcell_jax.atomic_files import finite_or_null, write_json_atomic, write_text_atomic
 from bloodcell_jax.classes import CLASS_NAMES, NUM_CLASSES
-from bloodcell_jax.config import CONFIG_FILE, architecture_signature, check_batch_size, served_weights, step_config
+from bloodcell_jax.config import (CONFIG_FILE, architecture_signature, check_batch_size, keeps_weight_average,
+                                  served_weights, step_config)
 from bloodcell_jax.data import pipeline
 from bloodcell_jax.data.prepare import load_train_val
 from bloodcell_jax.data.split import save_split
@@ -113,7 +114,8 @@ class _Run:
     if config.model.init_from:
       params, model_state = pretrained.merge_into(params, model_state, config)
     self.tx = optim.create_optimizer(config.optim, params, self.schedule)
-    self.state = create_train_state(params, self.tx, config.seed, model_state, with_ema=bool(config.ema.decay))
+    self.state = create_train_state(params, self.tx, config.seed, model_state,
+                                    with_ema=keeps_weight_average(config))
     self.progress = self._new_epoch(0)
     self.best, self.bad_epochs = -np.inf, 0
 
@@ -123,7 +125,7 @@ class _Run:
   def _meta(self) -> dict:
     return {"best": float(self.best), "bad_epochs": self.bad_epochs, "monitor": self.config.train.monitor_metric,
             "model": architecture_signature(self.config), "class_names": list(CLASS_NAMES),
-            "ema": bool(self.config.ema.decay), "weights": served_weights(self.config)}
+            "ema": keeps_weight_average(self.config), "weights": served_weights(self.config)}
 
   def open_checkpoints(self) -> checkpointing.RunCheckpoints:
     """Checks the workdir, then restores the newest intact checkpoint if there is one."""
@@ -145,7 +147,7 @@ class _Run:
         changed = sorted(k for k in set(meta["model"]) | set(signature) if meta["model"].get(k) != signature.get(k))
         raise UserInputError(f"{workdir}: holds checkpoints of another model ({', '.join(changed)} differ); "
                              "use another --workdir")
-      if meta.get("ema", False) != bool(config.ema.decay):
+      if meta.get("ema", False) != keeps_weight_average(config):
         had = "with" if meta.get("ema", False) else "without"
         raise UserInputError(f"{workdir}: holds checkpoints trained {had} a weight average, and the config sets "
                              f"ema.decay={config.ema.decay}; keep it as it was or use another --workdir")

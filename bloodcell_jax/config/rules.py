@@ -150,9 +150,14 @@ def step_config(config: ml_collections.ConfigDict, tta_name: str = "none", outpu
                     ema_warmup_power=config.ema.warmup_power, tta=tta_name, outputs=outputs)
 
 
+def keeps_weight_average(config: ml_collections.ConfigDict) -> bool:
+  """Whether the run keeps a moving average of its weights (ema.decay > 0)."""
+  return bool(config.ema.decay)
+
+
 def served_weights(config: ml_collections.ConfigDict) -> str:
   """Which weights pick the best checkpoint and serve eval, predict and export: "ema" or "raw"."""
-  return config.ema.weights if config.ema.decay else "raw"
+  return config.ema.weights if keeps_weight_average(config) else "raw"
 
 
 def architecture_signature(config: ml_collections.ConfigDict) -> dict:
