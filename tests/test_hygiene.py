@@ -79,11 +79,12 @@ def test_planted_outliers_are_removed_and_real_cells_kept(pbc96):
   assert {f.reason for f in findings if planted[f.index]} == {"blended_outlier"}
 
 
-def test_whole_pbc96_loses_at_most_half_a_percent(pbc96, tmp_path):
-  from conftest import PBC96
-  manifest = clean(PBC96, dry_run=True)
-  assert len(manifest["removed"]) <= 0.005 * len(pbc96)
-  assert manifest["output"] is None and not os.path.exists(PBC96.rstrip("/") + "_clean")
+def test_real_cells_lose_at_most_half_a_percent(pbc96):
+  """Every other image of pbc96 (6,831 cells of 8 classes): the neighbour search costs the square of
+  the count, and the whole folder is minutes of a 2-core CPU (`bloodcell_jax.tools.clean --dry_run`)."""
+  half = pbc96.subset(np.arange(0, len(pbc96), 2))
+  findings = find_problems(half.images, half.labels)
+  assert len(findings) <= 0.005 * len(half), [(half.ids[f.index], f.reason) for f in findings]
 
 
 def test_blank_saturated_greyscale_wrong_size_and_conflicting_duplicates(tmp_path):
