@@ -5,9 +5,9 @@ requirements.txt: no model hub, no PyTorch; the weights are ported on first use.
 ReLU6, no squeeze-excite, BatchNorm (running statistics kept from ImageNet and updated), input
 normalised with mean = std = 0.5 as the weights were trained. The 96 px cells are upsampled to 112
 (more positions for the ImageNet filters: 0.916 validation accuracy after the first epoch against
-0.853 at 96). Augmentation: every artifact the library makes, without MixUp/CutMix (a pretrained
-backbone needs few epochs and sharp labels). Weight EMA (decay 0.998, warm-up power 3/4) serves
-best/, eval, predict and export.
+0.853 at 96). Augmentation: `heavy`'s microscopy artifacts without MixUp/CutMix (a pretrained
+backbone needs few epochs and sharp labels); deposits and bubbles stay unseen, as a test. Weight EMA
+(decay 0.998, warm-up power 3/4) serves best/, eval, predict and export.
 
 Result (2026-12-07, 2-core AMD EPYC VM, family 25 model 1 (Zen 3, AVX2, no AVX-512), CPU only, JAX
 0.10.2), judged on cells no run or choice had seen: `benchmarks/holdout_split.py` set 15% of each
@@ -24,7 +24,8 @@ One seed so far. docs/results.md has every variant tried, and the same model fro
 
 from configs import default
 
-# `heavy` without mixing, pixelation more often and stronger (the weak spot of `medium`).
+# heavy's colour and degradation ops (a little rarer), medium's geometry and cutout, no greyscale or mixing,
+# pixelation twice as often and stronger than heavy's (the weak spot of `medium`).
 ROBUST_AUGMENT = ("dihedral(1, 1) affine(0.8, 0.5) stain(0.6, 0.8) brightness(0.6, 0.8) contrast(0.6, 0.8) "
                   "saturation(0.5, 0.8) hue(0.3, 0.4) gamma(0.4, 0.8) gaussian_blur(0.15, 0.8) defocus(0.15, 0.8) "
                   "motion_blur(0.1, 0.8) noise(0.2, 0.6) pixelate(0.2, 0.8) jpeg(0.25, 0.8) illumination(0.3, 0.8) "

@@ -5,11 +5,16 @@ import shutil
 import sys
 import tempfile
 
+
 # Tests check results, not speed: with LLVM's optimisation off, XLA:CPU compiles the suite's many tiny
 # steps in about half the time (a tiny ConvNeXt's init 12 s -> 2.4 s, its train step 21 s -> 8 s on
 # 2 cores), and models this small run no slower. Runs compared bit for bit are all compiled this way.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
-os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {TEST_XLA_FLAGS}")
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS for a test process with `devices` fake CPU devices."""
+  return f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(4))
 # main.py's train mode makes glibc keep freed memory on CPUs (platform_setup), which pays off in long
 # runs but slows compiling; the tests compile many tiny models in main.py subprocesses, so they ask
 # for glibc's defaults (a no-op tunable). test_platform checks the setting itself.
@@ -80,8 +85,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 def subprocess_env(devices=1, **overrides):
   """The environment for a child process with `devices` fake CPU devices; None in overrides unsets."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}",
-             JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS="cpu")
   for name, value in overrides.items():
     if value is None:
       env.pop(name, None)
