@@ -84,11 +84,12 @@ def test_logits_equal_timm(timm_name, size):
     exact = reference.double()(torch.from_numpy(x.transpose(0, 3, 1, 2)).double()).numpy()
   assert np.abs(exact[0] - exact[1]).max() > 0.05  # the output depends on the input: a wrong tensor shows
   model = EfficientNet(1000, VARIANTS[timm_name], depthwise_impl="xla")
+  apply = jax.jit(lambda variables, x: model.apply(variables, x, train=False))  # one compile, not one per op
   variables = {"params": converted.params, **converted.model_state}
   with jax.enable_x64(True):
-    ours64 = np.asarray(model.apply(jax.tree.map(lambda v: np.asarray(v, np.float64), variables), x.astype(np.float64)))
+    ours64 = np.asarray(apply(jax.tree.map(lambda v: np.asarray(v, np.float64), variables), x.astype(np.float64)))
   np.testing.assert_allclose(ours64, exact, atol=1e-6, rtol=0)  # computed in float64, returned as float32
-  ours = np.asarray(model.apply(variables, x, train=False))
+  ours = np.asarray(apply(variables, x))
   if timm_name == "tf_efficientnetv2_s":
     assert np.abs(ours - exact).max() <= 2 * np.abs(expected - exact).max() + 1e-5
   else:
