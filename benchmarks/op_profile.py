@@ -1,9 +1,11 @@
-"""Where the time of the ConvNeXt CPU train (or eval) step goes, op by op, from XLA's own profile.
+"""Where the time of a CPU train (or eval) step goes, op by op, from XLA's own profile.
 
   python benchmarks/op_profile.py --variant tiny --batch 32 --size 96 --step train --top 25
   python benchmarks/op_profile.py --variant tiny --xla_flags=--xla_cpu_experimental_ynn_fusion_type=
+  python benchmarks/op_profile.py --config configs/efficientnet_lite0.py --batch 64 --augment config
 
-Builds the step of benchmarks/cpu_step_ablation.py (float32, no augmentation, one device), traces a
+Builds the step of benchmarks/cpu_step_ablation.py (ConvNeXt `--variant`, float32, no augmentation,
+one device), or that of any config file's model (randomly initialised), and traces a
 few steps with jax.profiler and reads the XLA:CPU thunk events: each thunk logs "<hlo op>" around its
 launch and "end: <hlo op>" when it completes (later, for thunks that run on the thread pool). An op's
 interval is launch to completion; wall time in which k ops are in flight is split k ways, so the
@@ -16,6 +18,7 @@ import argparse
 import collections
 import glob
 import gzip
+import importlib.util
 import json
 import os
 import re
@@ -25,14 +28,17 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTROL_FLOW = {"while", "conditional", "call"}  # their thunks contain other thunks' events
+MODEL = "(?:ConvNeXt|EfficientNet|SimpleCNN)"  # the model classes' names, where an op's source path enters the model
 INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.+?) ([a-z][a-z0-9\-]*)\((.*)$")
 
 
 def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--variant", default="tiny")
+  parser.add_argument("--variant", default="tiny", help="ConvNeXt variant, unless --config is given")
+  parser.add_argument("--config", help="a config file: its model, image size and dtype instead of ConvNeXt's")
+  parser.add_argument("--augment", default="none", help="a policy, or `config` for the config's own")
   parser.add_argument("--batch", type=int, default=32)
-  parser.add_argument("--size", type=int, default=96)
+  parser.add_argument("--size", type=int, help="image size (default: the config's, else 96)")
   parser.add_argument("--step", choices=("train", "eval"), default="train")
   parser.add_argument("--steps", type=int, default=5, help="profiled steps, after 2 warm-up and `steps` timed ones")
   parser.add_argument("--top", type=int, default=25)
@@ -50,10 +56,18 @@ def build_step(args):
   from bloodcell_jax.config import step_config
   from bloodcell_jax.models import create_model
   from bloodcell_jax.steps import create_train_state, init_variables, pmapped_steps, split_variables
-  from configs.accelerator import convnext_config
-  config = convnext_config(args.variant)
-  config.model.dtype, config.model.depthwise_impl = "float32", "shift"
-  config.data.image_size, config.train.batch_size, config.data.augment = args.size, args.batch, "none"
+  if args.config:
+    spec = importlib.util.spec_from_file_location("profiled_config", args.config)
+    spec.loader.exec_module(module := importlib.util.module_from_spec(spec))
+    config = module.get_config()
+    config.model.init_from = ""  # the trace does not depend on the weights' values
+  else:
+    from configs.accelerator import convnext_config
+    config = convnext_config(args.variant)
+    config.model.dtype, config.model.depthwise_impl = "float32", "shift"
+  args.size = args.size or (config.data.image_size if args.config else 96)
+  config.data.image_size, config.train.batch_size = args.size, args.batch
+  config.data.augment = config.data.augment if args.augment == "config" else args.augment
   model = create_model(config.model, 8)
   params, model_state = split_variables(init_variables(model, args.size, 0))
   tx = optim.create_optimizer(config.optim, params, optim.learning_rate_schedule(config.optim, 100, 1))
@@ -101,7 +115,7 @@ def classify(name, instructions, computations):
   fused = computations.get(called.group(1), collections.Counter()) if called else collections.Counter([opcode])
   source = re.search(r'op_name="([^"]*)"', rest)
   source = source.group(1) if source else ""
-  path = re.search(r".*ConvNeXt\)*/(.*)|$", source).group(1) or ""  # eval: ConvNeXt/..., train: jvp(ConvNeXt)/...
+  path = re.search(rf".*{MODEL}\)*/(.*)|$", source).group(1) or ""  # eval: ConvNeXt/..., train: jvp(ConvNeXt)/...
   parts = [p for p in path.split("/") if not re.fullmatch(r"(stages|blocks)_\d+", p)]
   layer = parts[0] if len(parts) > 1 else ("block elementwise" if path else "outside model (loss, optimiser, ...)")
   part = f"{layer} {'bwd' if 'transpose(jvp(' in source else 'fwd'}" if path else layer
@@ -199,7 +213,7 @@ def main():
   window = max(e for _, e, _ in intervals) - min(s for s, _, _ in intervals)
   per_step = lambda us: us / 1e3 / args.steps  # noqa: E731
   total = per_step(window)
-  print(f"ConvNeXt-{args.variant} {args.step} step, batch {args.batch}, {args.size}px, float32, "
+  print(f"{args.config or 'ConvNeXt-' + args.variant} {args.step} step, batch {args.batch}, {args.size}px, augment {args.augment!r}, "
         f"XLA_FLAGS='{os.environ['XLA_FLAGS']}', {os.cpu_count()} CPUs, JAX {jax.__version__}")
   print(f"step: {untraced:.0f} ms untraced, {total:.0f} ms traced ({args.steps} steps); op events cover "
         f"{per_step(covered):.0f} ms ({100 * covered / window:.1f}%), not covered (runtime overhead, idle) "

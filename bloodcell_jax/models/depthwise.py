@@ -7,7 +7,7 @@ kernel gradient becomes k*k separate reductions, each reading the whole input an
 again (94 ms of a 108 ms forward+backward at ConvNeXt-T's first stage on a 2-core CPU). `shift`
 therefore carries its own VJP: the input gradient is the same shift-add with the flipped kernel
 over the (dilated, re-padded) output gradient, and the kernel gradient is one variadic reduction
-with k*k accumulators (float32) over a single pass (10 ms). `shift_autodiff` keeps autodiff's
+with k*k accumulators (float32) over a single pass (10 ms), per image. `shift_autodiff` keeps autodiff's
 gradient, for comparison in benchmarks. Measured figures: docs/benchmarks.md. `impl="auto"` picks
 per backend at trace time: CPUs `shift`, GPUs `shift_autodiff` (what was measured on an H100; the
 hand-written VJP is not measured on a GPU yet), TPUs the grouped convolution (not measured here).
@@ -86,15 +86,18 @@ def _backward(stride, pads, residuals, grad):
   dilated_grad = jax.lax.pad(grad, jnp.zeros((), grad.dtype), ((0, 0, 0), *grad_pads, (0, 0, 0)))
   x_grad = _shift_add(dilated_grad, kernel[::-1, ::-1], 1, ((0, 0), (0, 0)))
   # Kernel gradient: all k*k sums of window * grad in one pass (a variadic reduction), accumulated
-  # in float32 at least (bfloat16 sums over a whole batch would lose the gradient's low bits).
+  # in float32 at least (bfloat16 sums over a whole batch would lose the gradient's low bits). It
+  # reduces each image's rows and columns, then the small (k*k, batch, C) rest: XLA:CPU emits a
+  # variadic reduction as one loop per output element, and straight to (C,) that loop strides
+  # through the whole batch once per channel (1.1-3.5x slower on EfficientNet/ConvNeXt shapes).
   padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   accumulate = jnp.promote_types(grad.dtype, jnp.float32)
   wide_grad = grad.astype(accumulate)
   products = tuple(window.astype(accumulate) * wide_grad
                    for window in _windows(padded, k, stride, grad.shape[1], grad.shape[2]))
-  sums = jax.lax.reduce(products, (jnp.zeros((), accumulate),) * len(products),
-                        lambda a, b: tuple(u + v for u, v in zip(a, b)), (0, 1, 2))
-  kernel_grad = jnp.stack(sums).reshape(kernel.shape).astype(kernel.dtype)
+  per_image = jax.lax.reduce(products, (jnp.zeros((), accumulate),) * len(products),
+                             lambda a, b: tuple(u + v for u, v in zip(a, b)), (1, 2))
+  kernel_grad = jnp.stack(per_image).sum(axis=1).reshape(kernel.shape).astype(kernel.dtype)
   return x_grad.astype(x.dtype), kernel_grad
 
 

@@ -28,6 +28,7 @@ from flax import linen as nn
 from bloodcell_jax.models import taps
 from bloodcell_jax.models.convnext import DropPath
 from bloodcell_jax.models.depthwise import DepthwiseConv
+from bloodcell_jax.models.patch_conv import PatchConv
 
 ACTIVATIONS = {"relu": nn.relu, "relu6": nn.relu6, "silu": nn.silu, "hard_swish": nn.hard_swish, "hard_sigmoid": nn.hard_sigmoid,
                "sigmoid": nn.sigmoid}
@@ -223,6 +224,8 @@ class _Layers:
     if depthwise:
       x = DepthwiseConv(kernel, self.depthwise_impl, self.dtype, nn.initializers.he_normal(), stride, padding,
                         use_bias=False, name=conv_name)(x)
+    elif kernel == 1 and stride == 1:  # pointwise: a matmul (patch_conv.py says why)
+      x = PatchConv(features, 1, self.dtype, nn.initializers.he_normal(), use_bias=False, name=conv_name)(x)
     else:
       x = nn.Conv(features, (kernel, kernel), (stride, stride), padding=padding, use_bias=False, dtype=self.dtype,
                   kernel_init=nn.initializers.he_normal(), name=conv_name)(x)

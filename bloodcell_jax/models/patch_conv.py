@@ -1,11 +1,13 @@
 """A k x k convolution with stride k (patchify), written as a reshape and one matrix multiply.
 
 ConvNeXt's stem (4x4, stride 4) and downsampling layers (2x2, stride 2) see each input pixel
-once, so they are a dense layer over non-overlapping patches. XLA:CPU ran them as generic
-convolutions, slowly in the backward pass; as a matmul they take the fast dot path on every
-backend. Parameters are those of `flax.linen.Conv` (kernel (k, k, in, out), bias), so ported
-weights and checkpoints do not change. Like a VALID convolution, rows and columns that do not
-fill a whole patch are dropped.
+once, so they are a dense layer over non-overlapping patches; so is every 1 x 1 convolution
+(patch 1: EfficientNet's pointwise expansions and projections). XLA:CPU ran them as generic
+convolutions, slowly in the backward pass (a 1 x 1 kernel's gradient became a convolution whose
+window is the whole feature map, under 1 GFLOP/s on a Zen 3 core); as a matmul they take the fast
+dot path on every backend. Parameters are those of `flax.linen.Conv` (kernel (k, k, in, out),
+bias), so ported weights and checkpoints do not change. Like a VALID convolution, rows and columns
+that do not fill a whole patch are dropped.
 """
 
 import jax
@@ -29,12 +31,15 @@ class PatchConv(nn.Module):
   patch: int
   dtype: jnp.dtype | None = None
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     channels = x.shape[-1]
     kernel = self.param("kernel", self.kernel_init, (self.patch, self.patch, channels, self.features))
+    if not self.use_bias:
+      x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+      return patchify(x, self.patch) @ kernel.reshape(-1, self.features)
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    patches = patchify(x, self.patch)
-    return patches @ kernel.reshape(-1, self.features) + bias
+    return patchify(x, self.patch) @ kernel.reshape(-1, self.features) + bias
