@@ -104,13 +104,14 @@ def test_exact_gelu_and_its_derivative_equal_jax_erfc_form():
   np.testing.assert_allclose(gelu(x32), jax.nn.gelu(x32, approximate=False), atol=2e-6)
 
 
-@pytest.mark.parametrize("size,patch", [((27, 30), 4), ((13, 9), 2)])
-def test_patch_conv_equals_flax_strided_conv_with_the_same_parameters(size, patch):
+@pytest.mark.parametrize("size,patch,bias", [((27, 30), 4, True), ((13, 9), 2, True), ((6, 5), 1, False)])
+def test_patch_conv_equals_flax_strided_conv_with_the_same_parameters(size, patch, bias):
+  """Patch 1 without bias is EfficientNet's pointwise convolution."""
   from flax import linen as nn
   x = jax.random.normal(jax.random.PRNGKey(0), (2, *size, 5))
-  reference = nn.Conv(7, (patch, patch), strides=(patch, patch), padding="VALID")
+  reference = nn.Conv(7, (patch, patch), strides=(patch, patch), padding="VALID", use_bias=bias)
   params = jax.tree.map(lambda p: p + 0.1, reference.init(jax.random.PRNGKey(1), x))
-  ours = PatchConv(7, patch)
+  ours = PatchConv(7, patch, use_bias=bias)
   assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(jnp.shape, params)
   np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), atol=1e-5, rtol=1e-5)
   loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
