@@ -50,9 +50,10 @@ def parse_args():
 def build_step(args):
   """(compiled step, its arguments, a function from outputs to next arguments), as cpu_step_ablation's child."""
   import jax.numpy as jnp
-  import numpy as np
   from flax import jax_utils
   from bloodcell_jax import optim
+  from bloodcell_jax.benchmark import synthetic_batch
+  from bloodcell_jax.classes import NUM_CLASSES
   from bloodcell_jax.config import step_config
   from bloodcell_jax.models import create_model
   from bloodcell_jax.steps import create_train_state, init_variables, pmapped_steps, split_variables
@@ -68,21 +69,18 @@ def build_step(args):
   args.size = args.size or (config.data.image_size if args.config else 96)
   config.data.image_size, config.train.batch_size = args.size, args.batch
   config.data.augment = config.data.augment if args.augment == "config" else args.augment
-  model = create_model(config.model, 8)
+  model = create_model(config.model, NUM_CLASSES)
   params, model_state = split_variables(init_variables(model, args.size, 0))
   tx = optim.create_optimizer(config.optim, params, optim.learning_rate_schedule(config.optim, 100, 1))
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (args.batch, args.size, args.size, 3), dtype=np.uint8),
-           "label": rng.integers(0, 8, args.batch).astype(np.int32)}
   train_step, eval_step = pmapped_steps(model, tx, step_config(config))
   if args.step == "train":
     step, first = train_step, create_train_state(params, tx, 0, model_state)
     next_args = lambda out, prev: (out[0], *prev[1:])  # noqa: E731  (the state is donated)
   else:
     step, first = eval_step, {"params": params, **model_state}
-    batch["mask"] = np.ones(args.batch, np.float32)
     next_args = lambda out, prev: prev  # noqa: E731
-  step_args = jax_utils.replicate((first, batch, jnp.ones(8)))
+  first, weights = jax_utils.replicate((first, jnp.ones(NUM_CLASSES)))
+  step_args = (first, synthetic_batch(args.batch, args.size, 1), weights)
   return step.lower(*step_args).compile(), step_args, next_args
 
 

@@ -62,7 +62,8 @@ def local_peak_flops(dtype: str) -> float | None:
   return peak * jax.local_device_count() if peak else None
 
 
-def _synthetic_batch(global_batch: int, image_size: int, num_devices: int, seed: int = 0) -> dict:
+def synthetic_batch(global_batch: int, image_size: int, num_devices: int, seed: int = 0) -> dict:
+  """Random uint8 images and labels, a leading device axis, as the pmapped steps take them."""
   rng = np.random.default_rng(seed)
   per_device = global_batch // num_devices
   return {
@@ -137,7 +138,7 @@ def benchmark_one(config: ml_collections.ConfigDict, global_batch: int, dtype: s
   state = jax_utils.replicate(create_train_state(params, tx, config.seed, model_state,
                                                  with_ema=keeps_weight_average(config)))
   weights = jax_utils.replicate(jnp.ones(NUM_CLASSES))
-  batch = next(jax_utils.prefetch_to_device(iter([_synthetic_batch(global_batch, size, num_devices)]), 1))
+  batch = next(jax_utils.prefetch_to_device(iter([synthetic_batch(global_batch, size, num_devices)]), 1))
   train_batch = {k: batch[k] for k in ("image", "label")}
   result = {"global_batch": global_batch, "dtype": dtype, "image_size": size, "num_devices": num_devices}
 

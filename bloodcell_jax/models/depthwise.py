@@ -7,8 +7,8 @@ kernel gradient becomes k*k separate reductions, each reading the whole input an
 again (94 ms of a 108 ms forward+backward at ConvNeXt-T's first stage on a 2-core CPU). `shift`
 therefore carries its own VJP: the input gradient is the same shift-add with the flipped kernel
 over the (dilated, re-padded) output gradient, and the kernel gradient is one variadic reduction
-with k*k accumulators (float32) over a single pass (10 ms), per image. `shift_autodiff` keeps autodiff's
-gradient, for comparison in benchmarks. Measured figures: docs/benchmarks.md. `impl="auto"` picks
+with k*k accumulators (float32) in a single pass (10 ms), image by image, then summed over the
+batch. `shift_autodiff` keeps autodiff's gradient, for comparison in benchmarks. Measured figures: docs/benchmarks.md. `impl="auto"` picks
 per backend at trace time: CPUs `shift`, GPUs `shift_autodiff` (what was measured on an H100; the
 hand-written VJP is not measured on a GPU yet), TPUs the grouped convolution (not measured here).
 All use the kernel layout of `flax.linen.Conv(feature_group_count=C)`: (k, k, 1, C).

@@ -37,9 +37,7 @@ class PatchConv(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     channels = x.shape[-1]
     kernel = self.param("kernel", self.kernel_init, (self.patch, self.patch, channels, self.features))
-    if not self.use_bias:
-      x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-      return patchify(x, self.patch) @ kernel.reshape(-1, self.features)
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,)) if self.use_bias else None
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    return patchify(x, self.patch) @ kernel.reshape(-1, self.features) + bias
+    y = patchify(x, self.patch) @ kernel.reshape(-1, self.features)
+    return y if bias is None else y + bias
