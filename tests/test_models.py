@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -62,7 +64,7 @@ def test_depthwise_shift_and_xla_agree_and_match_flax_grouped_conv():
 @pytest.mark.parametrize("size,kernel,stride,padding", [
     ((9, 11), 7, 1, "SAME"), ((67, 67), 3, 2, "SAME"), ((11, 13), 5, 3, ((2, 2), (1, 3)))])
 def test_depthwise_implementations_give_identical_outputs_and_gradients(size, kernel, stride, padding):
-  """`shift`'s hand-written VJP (flipped-kernel input gradient, one-pass kernel gradient) equals
+  """`shift`'s hand-written VJP (flipped-kernel input gradient, per-row kernel gradient) equals
   autodiff of the same sum and of XLA's grouped convolution, exactly in float64, for the strides
   and paddings ConvNeXt and the EfficientNets use (TF "same" padding at 67 px is asymmetric)."""
   with jax.enable_x64(True):
@@ -90,6 +92,20 @@ def test_depthwise_kernel_gradient_accumulates_bfloat16_in_float32():
   # Inputs rounded to bfloat16 leave ~0.4% relative error per product; summed in bfloat16 over
   # 4,608 positions the error would grow far beyond that.
   np.testing.assert_allclose(kernel_grad(jnp.bfloat16), exact, rtol=0.02, atol=0.02 * float(jnp.std(exact)))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rule is about XLA:CPU's fusion")
+def test_depthwise_shift_add_is_evaluated_by_one_fusion_on_cpu():
+  """The k*k-tap sum is read from memory by its consumers (the forward's sine, the backward's
+  cosine, each kernel-gradient reduction) instead of being evaluated again inside each of them."""
+  x, k = jnp.ones((2, 8, 8, 4)), jnp.ones((7, 7, 1, 4))
+  loss = lambda x, k: jnp.sum(jnp.sin(depthwise_conv(x, k, "shift")))
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, k).compile().as_text()
+  entry = hlo[hlo.index("\nENTRY"):].splitlines()
+  params = dict(re.findall(r"(%[\w.-]+) = \S+ parameter\((\d)\)", "\n".join(entry)))
+  x_name, k_name = (name for name, index in sorted(params.items(), key=lambda item: item[1]))
+  operands = [line.split(" fusion(", 1)[1].split(")")[0].split(", ") for line in entry if " fusion(" in line]
+  assert sum(x_name in names and k_name in names for names in operands) == 1
 
 
 def test_exact_gelu_and_its_derivative_equal_jax_erfc_form():

@@ -6,12 +6,13 @@ fuses into one memory-bound loop instead. Its gradient needs the same care: left
 kernel gradient becomes k*k separate reductions, each reading the whole input and output gradient
 again (94 ms of a 108 ms forward+backward at ConvNeXt-T's first stage on a 2-core CPU). `shift`
 therefore carries its own VJP: the input gradient is the same shift-add with the flipped kernel
-over the (dilated, re-padded) output gradient, and the kernel gradient is one variadic reduction
-with k*k accumulators (float32) in a single pass (10 ms), image by image, then summed over the
-batch. `shift_autodiff` keeps autodiff's gradient, for comparison in benchmarks. Measured figures: docs/benchmarks.md. `impl="auto"` picks
-per backend at trace time: CPUs `shift`, GPUs `shift_autodiff` (what was measured on an H100; the
-hand-written VJP is not measured on a GPU yet), TPUs the grouped convolution (not measured here).
-All use the kernel layout of `flax.linen.Conv(feature_group_count=C)`: (k, k, 1, C).
+over the (dilated, re-padded) output gradient, and the kernel gradient is k variadic reductions
+(one per kernel row, float32 accumulators), image by image, then summed over the batch.
+`shift_autodiff` keeps autodiff's gradient, for comparison in benchmarks. Measured figures:
+docs/benchmarks.md. `impl="auto"` picks per backend at trace time: CPUs `shift`, GPUs
+`shift_autodiff` (what was measured on an H100; the hand-written VJP is not measured on a GPU yet),
+TPUs the grouped convolution (not measured here). All use the kernel layout of
+`flax.linen.Conv(feature_group_count=C)`: (k, k, 1, C).
 """
 
 import functools
@@ -64,13 +65,29 @@ def _shift_add(x: jax.Array, kernel: jax.Array, stride: int, pads: Pads) -> jax.
   return out
 
 
+def _computed_once(y: jax.Array) -> jax.Array:
+  """`y` written to memory once, on CPUs.
+
+  XLA:CPU fuses a cheap-looking elementwise producer into each of its consumers and evaluates it
+  again there (and it removes `optimization_barrier`s), so one k*k-tap shift-add was being computed
+  again inside the LayerNorm forward, its backward and every kernel-gradient reduction: 4x the
+  time of the layer's forward and backward with it written once (ConvNeXt-T's stages, 2-core Zen 3).
+  A conditional's operand is always a buffer; both branches return `y` (the predicate only has to
+  be unknown when compiling). Other backends get `y` as is: a GPU conditional waits for the host.
+  """
+  if jax.default_backend() != "cpu":
+    return y
+  corner = y[(0,) * y.ndim]
+  return jax.lax.cond(corner == corner, lambda v: v, lambda v: v * 1, y)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _shift_add_fused_grad(x: jax.Array, kernel: jax.Array, stride: int, pads: Pads) -> jax.Array:
-  return _shift_add(x, kernel, stride, pads)
+  return _computed_once(_shift_add(x, kernel, stride, pads))
 
 
 def _forward(x, kernel, stride, pads):
-  return _shift_add(x, kernel, stride, pads), (x, kernel)
+  return _computed_once(_shift_add(x, kernel, stride, pads)), (x, kernel)
 
 
 def _backward(stride, pads, residuals, grad):
@@ -84,20 +101,25 @@ def _backward(stride, pads, residuals, grad):
     low = k - 1 - pads[axis - 1][0]
     grad_pads.append((low, x.shape[axis] + k - 1 - dilated - low, stride - 1))
   dilated_grad = jax.lax.pad(grad, jnp.zeros((), grad.dtype), ((0, 0, 0), *grad_pads, (0, 0, 0)))
-  x_grad = _shift_add(dilated_grad, kernel[::-1, ::-1], 1, ((0, 0), (0, 0)))
-  # Kernel gradient: all k*k sums of window * grad in one pass (a variadic reduction), accumulated
-  # in float32 at least (bfloat16 sums over a whole batch would lose the gradient's low bits). It
-  # reduces each image's rows and columns, then the small (k*k, batch, C) rest: XLA:CPU emits a
-  # variadic reduction as one loop per output element, and straight to (C,) that loop strides
-  # through the whole batch once per channel (1.1-3.5x slower on EfficientNet/ConvNeXt shapes).
+  x_grad = _computed_once(_shift_add(dilated_grad, kernel[::-1, ::-1], 1, ((0, 0), (0, 0))))
+  # Kernel gradient: the k*k sums of window * grad, one variadic reduction per kernel row (k sums in
+  # one pass), accumulated in float32 at least (bfloat16 sums over a whole batch would lose the
+  # gradient's low bits). XLA:CPU emits a variadic reduction as one loop per output element with all
+  # its accumulators live: k of them fit in registers, k*k do not (one reduction of all 49 sums was
+  # 1.2-3x slower on ConvNeXt-T's shapes), and k*k single reductions each re-read the whole input
+  # (5x slower). Each image's rows and columns are reduced first, then the small (k, batch, C) rest:
+  # straight to (C,) the loop strides through the whole batch once per channel (1.1-3.5x slower).
   padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
   accumulate = jnp.promote_types(grad.dtype, jnp.float32)
-  wide_grad = grad.astype(accumulate)
-  products = tuple(window.astype(accumulate) * wide_grad
-                   for window in _windows(padded, k, stride, grad.shape[1], grad.shape[2]))
-  per_image = jax.lax.reduce(products, (jnp.zeros((), accumulate),) * len(products),
-                             lambda a, b: tuple(u + v for u, v in zip(a, b)), (1, 2))
-  kernel_grad = jnp.stack(per_image).sum(axis=1).reshape(kernel.shape).astype(kernel.dtype)
+  wide_grad = _computed_once(grad.astype(accumulate))
+  windows = [window.astype(accumulate) for window in _windows(padded, k, stride, grad.shape[1], grad.shape[2])]
+  kernel_rows = []
+  for row in range(k):
+    products = tuple(window * wide_grad for window in windows[row * k:(row + 1) * k])
+    per_image = jax.lax.reduce(products, (jnp.zeros((), accumulate),) * k,
+                               lambda a, b: tuple(u + v for u, v in zip(a, b)), (1, 2))
+    kernel_rows.append(jnp.stack(per_image).sum(axis=1))
+  kernel_grad = jnp.stack(kernel_rows).reshape(kernel.shape).astype(kernel.dtype)
   return x_grad.astype(x.dtype), kernel_grad
 
 
