@@ -11,6 +11,7 @@ from bloodcell_jax.models.cnn import SimpleCNN
 from bloodcell_jax.models.convnext import VARIANTS, ConvNeXt
 from bloodcell_jax.models.activations import gelu
 from bloodcell_jax.models.depthwise import DepthwiseConv, depthwise_conv
+from bloodcell_jax.models.matmul import Dense, matmul
 from bloodcell_jax.models.patch_conv import PatchConv
 
 
@@ -134,6 +135,41 @@ def test_patch_conv_equals_flax_strided_conv_with_the_same_parameters(size, patc
   for a, b in zip(jax.tree.leaves(jax.grad(loss(ours), argnums=(0, 1))(params, x)),
                   jax.tree.leaves(jax.grad(loss(reference), argnums=(0, 1))(params, x))):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["xla", "transposed_grad"])
+def test_dense_equals_flax_dense_in_parameters_values_and_gradients(impl):
+  from flax import linen as nn
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 6))
+  reference = nn.Dense(5)
+  params = jax.tree.map(lambda p: p + 0.1, reference.init(jax.random.PRNGKey(1), x))
+  ours = Dense(5, impl)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(jnp.shape, params)
+  np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), atol=1e-6, rtol=1e-6)
+  loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+  for a, b in zip(jax.tree.leaves(jax.grad(loss(ours), argnums=(0, 1))(params, x)),
+                  jax.tree.leaves(jax.grad(loss(reference), argnums=(0, 1))(params, x))):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rule is about XLA:CPU's library dispatch")
+def test_transposed_grad_leaves_no_dot_contracting_the_batch_of_its_lhs():
+  """XLA:CPU gives YNNPACK only dots whose lhs contracts its last dimension; autodiff's x^T dy
+  contracts the first and goes to Eigen (the control below shows that it still does)."""
+  x, kernel = jnp.ones((64, 16)), jnp.ones((16, 32))
+
+  def lhs_contractions(impl):
+    hlo = jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(matmul(x, k, impl))), argnums=(0, 1))).lower(
+        x, kernel).compile().as_text()
+    return re.findall(r"lhs_contracting_dims=\{(\d+)\}", hlo)
+
+  assert "0" in lhs_contractions("xla")
+  assert "0" not in lhs_contractions("transposed_grad")
+
+
+def test_matmul_impl_is_checked():
+  with pytest.raises(ValueError, match="matmul impl must be one of"):
+    matmul(jnp.ones((2, 3)), jnp.ones((3, 4)), "eigen")
 
 
 def test_convnext_eval_is_deterministic_and_train_uses_stochastic_depth():

@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.init_from = ""
   config.model.keep_head = False
   config.model.depthwise_impl = "auto"  # "auto" (shift-add on CPU/GPU, XLA grouped conv on TPU), "xla", "shift"
+  config.model.matmul_impl = "auto"  # "auto" (transposed_grad on CPU, xla elsewhere), "xla", "transposed_grad"
 
   config.loss = ml_collections.ConfigDict()
   config.loss.class_weights = "balanced"  # "none", "balanced" (N / (C * n_c)) or a list of 8 numbers

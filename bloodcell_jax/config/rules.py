@@ -23,7 +23,7 @@ from bloodcell_jax.data.split import check_val_fraction
 from bloodcell_jax.errors import UserInputError
 from bloodcell_jax.metrics import MONITORED
 from bloodcell_jax.models import create_model
-from bloodcell_jax.models.depthwise import IMPLEMENTATIONS
+from bloodcell_jax.models import depthwise, matmul
 from bloodcell_jax.steps import StepConfig
 
 CONFIG_FILE = "config.json"
@@ -74,7 +74,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check("data.val_fraction", check_val_fraction, config.data.val_fraction)
   if config.data.image_size < 32:
     raise UserInputError(f"config: data.image_size={config.data.image_size} is below the minimum of 32")
-  _check("model.depthwise_impl", _one_of(IMPLEMENTATIONS), config.model.depthwise_impl)
+  _check("model.depthwise_impl", _one_of(depthwise.IMPLEMENTATIONS), config.model.depthwise_impl)
+  _check("model.matmul_impl", _one_of(matmul.IMPLEMENTATIONS), config.model.matmul_impl)
   try:
     optim.check(config.optim)
   except ValueError as e:

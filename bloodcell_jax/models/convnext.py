@@ -17,6 +17,7 @@ from flax import linen as nn
 from bloodcell_jax.models import taps
 from bloodcell_jax.models.activations import gelu
 from bloodcell_jax.models.depthwise import DepthwiseConv
+from bloodcell_jax.models.matmul import Dense
 from bloodcell_jax.models.patch_conv import PatchConv
 
 # name: (blocks per stage, channels per stage), as in timm.
@@ -60,6 +61,7 @@ class ConvNeXtBlock(nn.Module):
   layer_scale_init: float = 1e-6
   mlp_ratio: int = 4
   depthwise_impl: str = "auto"
+  matmul_impl: str = "auto"
   dtype: jnp.dtype | None = None
 
   @nn.compact
@@ -68,9 +70,9 @@ class ConvNeXtBlock(nn.Module):
     shortcut = x
     x = DepthwiseConv(7, self.depthwise_impl, self.dtype, name="conv_dw")(x)
     x = _layer_norm("norm", self.dtype)(x)
-    x = nn.Dense(self.mlp_ratio * dim, dtype=self.dtype, kernel_init=_dense_init, name="mlp_fc1")(x)
+    x = Dense(self.mlp_ratio * dim, self.matmul_impl, self.dtype, _dense_init, name="mlp_fc1")(x)
     x = gelu(x)
-    x = nn.Dense(dim, dtype=self.dtype, kernel_init=_dense_init, name="mlp_fc2")(x)
+    x = Dense(dim, self.matmul_impl, self.dtype, _dense_init, name="mlp_fc2")(x)
     gamma = self.param("gamma", nn.initializers.constant(self.layer_scale_init), (dim,))
     x = x * gamma.astype(x.dtype)
     return shortcut + DropPath(self.drop_path)(x, deterministic=not train)
@@ -84,16 +86,18 @@ class ConvNeXtStage(nn.Module):
   downsample: bool
   drop_paths: Sequence[float]
   depthwise_impl: str = "auto"
+  matmul_impl: str = "auto"
   dtype: jnp.dtype | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     if self.downsample:
       x = _layer_norm("downsample_0", self.dtype)(x)
-      x = PatchConv(self.dim, 2, dtype=self.dtype, kernel_init=_dense_init, name="downsample_1")(x)
+      x = PatchConv(self.dim, 2, dtype=self.dtype, kernel_init=_dense_init, matmul_impl=self.matmul_impl,
+                    name="downsample_1")(x)
     for i in range(self.depth):
-      x = ConvNeXtBlock(self.drop_paths[i], depthwise_impl=self.depthwise_impl, dtype=self.dtype,
-                        name=f"blocks_{i}")(x, train)
+      x = ConvNeXtBlock(self.drop_paths[i], depthwise_impl=self.depthwise_impl, matmul_impl=self.matmul_impl,
+                        dtype=self.dtype, name=f"blocks_{i}")(x, train)
     return x
 
 
@@ -106,17 +110,20 @@ class ConvNeXt(nn.Module):
   drop_path_rate: float = 0.0
   head_dropout: float = 0.0
   depthwise_impl: str = "auto"
+  matmul_impl: str = "auto"
   dtype: jnp.dtype | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = PatchConv(self.dims[0], 4, dtype=self.dtype, kernel_init=_dense_init, name="stem_0")(x)
+    x = PatchConv(self.dims[0], 4, dtype=self.dtype, kernel_init=_dense_init, matmul_impl=self.matmul_impl,
+                  name="stem_0")(x)
     x = _layer_norm("stem_1", self.dtype)(x)
     rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
     first = 0
     for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
       x = ConvNeXtStage(dim, depth, downsample=i > 0, drop_paths=rates[first:first + depth],
-                        depthwise_impl=self.depthwise_impl, dtype=self.dtype, name=f"stages_{i}")(x, train)
+                        depthwise_impl=self.depthwise_impl, matmul_impl=self.matmul_impl, dtype=self.dtype,
+                        name=f"stages_{i}")(x, train)
       x = taps.stage(self, x, i)
       first += depth
     x = jnp.mean(x, axis=(1, 2))

@@ -213,6 +213,7 @@ class _Layers:
 
   arch: Architecture
   depthwise_impl: str
+  matmul_impl: str
   axis_name: str | None
   dtype: jnp.dtype | None
 
@@ -225,7 +226,8 @@ class _Layers:
       x = DepthwiseConv(kernel, self.depthwise_impl, self.dtype, nn.initializers.he_normal(), stride, padding,
                         use_bias=False, name=conv_name)(x)
     elif kernel == 1 and stride == 1:  # pointwise: a matmul (patch_conv.py says why)
-      x = PatchConv(features, 1, self.dtype, nn.initializers.he_normal(), use_bias=False, name=conv_name)(x)
+      x = PatchConv(features, 1, self.dtype, nn.initializers.he_normal(), use_bias=False, matmul_impl=self.matmul_impl,
+                    name=conv_name)(x)
     else:
       x = nn.Conv(features, (kernel, kernel), (stride, stride), padding=padding, use_bias=False, dtype=self.dtype,
                   kernel_init=nn.initializers.he_normal(), name=conv_name)(x)
@@ -254,13 +256,15 @@ class MBlock(nn.Module):
   block: Block
   arch: Architecture
   depthwise_impl: str = "auto"
+  matmul_impl: str = "auto"
   axis_name: str | None = None
   dtype: jnp.dtype | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     b, arch = self.block, self.arch
-    conv_bn = functools.partial(_Layers(arch, self.depthwise_impl, self.axis_name, self.dtype).conv_bn, train=train)
+    layers = _Layers(arch, self.depthwise_impl, self.matmul_impl, self.axis_name, self.dtype)
+    conv_bn = functools.partial(layers.conv_bn, train=train)
     squeeze = lambda h: SqueezeExcite(b.se_chs, arch.se_act or b.act, arch.se_gate, self.dtype, name="se")(h) \
         if b.se_chs else h
     shortcut = x
@@ -292,6 +296,7 @@ class EfficientNet(nn.Module):
   drop_path_rate: float = 0.0
   head_dropout: float = 0.0
   depthwise_impl: str = "auto"
+  matmul_impl: str = "auto"
   axis_name: str | None = None  # the pmap axis over which BatchNorm averages its training statistics
   dtype: jnp.dtype | None = None
 
@@ -299,11 +304,12 @@ class EfficientNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     arch = self.arch
     stem, stages, head_in = resolve_blocks(arch, self.drop_path_rate)
-    layers = _Layers(arch, self.depthwise_impl, self.axis_name, self.dtype)
+    layers = _Layers(arch, self.depthwise_impl, self.matmul_impl, self.axis_name, self.dtype)
     x = layers.conv_bn(x, train, stem, 3, 2, arch.act, "conv_stem", "bn1")
     for i, blocks in enumerate(stages):
       for j, block in enumerate(blocks):
-        x = MBlock(block, arch, self.depthwise_impl, self.axis_name, self.dtype, name=f"blocks_{i}_{j}")(x, train)
+        x = MBlock(block, arch, self.depthwise_impl, self.matmul_impl, self.axis_name, self.dtype,
+                   name=f"blocks_{i}_{j}")(x, train)
       x = taps.stage(self, x, i)
     features = make_divisible(arch.num_features * arch.channel_multiplier) if arch.scale_num_features \
         else arch.num_features

@@ -26,6 +26,7 @@ def _convnext(cfg: ml_collections.ConfigDict, num_classes: int, dtype) -> nn.Mod
       drop_path_rate=cfg.drop_path_rate,
       head_dropout=cfg.head_dropout,
       depthwise_impl=cfg.depthwise_impl,
+      matmul_impl=cfg.matmul_impl,
       dtype=dtype)
 
 
@@ -45,7 +46,8 @@ def _efficientnet(cfg: ml_collections.ConfigDict, num_classes: int, dtype) -> nn
                              depth_multiplier=arch.depth_multiplier * depth)
   return efficientnet.EfficientNet(
       num_classes=num_classes, arch=arch, drop_path_rate=cfg.drop_path_rate,
-      head_dropout=cfg.head_dropout, depthwise_impl=cfg.depthwise_impl, axis_name=BATCH_AXIS, dtype=dtype)
+      head_dropout=cfg.head_dropout, depthwise_impl=cfg.depthwise_impl, matmul_impl=cfg.matmul_impl,
+      axis_name=BATCH_AXIS, dtype=dtype)
 
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {"convnext": _convnext, "cnn": _cnn, "efficientnet": _efficientnet}
