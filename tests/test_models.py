@@ -153,10 +153,11 @@ def test_dense_equals_flax_dense_in_parameters_values_and_gradients(impl):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rule is about XLA:CPU's library dispatch")
-def test_transposed_grad_leaves_no_dot_contracting_the_batch_of_its_lhs():
+@pytest.mark.parametrize("features_in, features_out", [(16, 32), (32, 16)])
+def test_transposed_grad_leaves_no_dot_contracting_the_batch_of_its_lhs(features_in, features_out):
   """XLA:CPU gives YNNPACK only dots whose lhs contracts its last dimension; autodiff's x^T dy
   contracts the first and goes to Eigen (the control below shows that it still does)."""
-  x, kernel = jnp.ones((64, 16)), jnp.ones((16, 32))
+  x, kernel = jnp.ones((64, features_in)), jnp.ones((features_in, features_out))
 
   def lhs_contractions(impl):
     hlo = jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(matmul(x, k, impl))), argnums=(0, 1))).lower(

@@ -2,11 +2,14 @@
 
 Autodiff's weight gradient of `x @ W` is x^T dy, a dot that contracts the first (batch) dimension
 of x. XLA:CPU hands a dot to YNNPACK only when its lhs contracts its last dimension, so every
-weight gradient fell back to Eigen's dot at less than half YNNPACK's speed per FLOP: 37% of a
-ConvNeXt-T train step on a 2-core Zen 3, more than all forward and input-gradient dots together.
-`transposed_grad` computes (dy^T x)^T instead: the same sums, dy^T materialised as XLA already did
-for its own dot, and a transpose of the small (out, in) result. `impl="auto"` picks it on CPUs;
-other backends keep autodiff's gradient (their dot libraries take either form).
+weight gradient fell back to Eigen's dot: in a ConvNeXt-T train step on a 2-core Zen 3 those took
+37% of the step, more than the forward and input-gradient dots (twice the FLOPs) together.
+`transposed_grad` materialises the transpose of the narrower operand instead, x^T (in, rows) or
+dy^T (out, rows), and contracts its last dimension: x^T dy, or (dy^T x)^T with a transpose of the
+small (out, in) result (transposing the wide dy of an EfficientNet expansion cost more than the
+dot). `impl="auto"` picks it on CPUs; other backends keep autodiff's gradient (their dot libraries
+take either form). Alone, one layer's Eigen dot is as fast; in a whole train step (ops running
+side by side) this form measured faster, docs/benchmarks.md.
 """
 
 import jax
@@ -40,8 +43,11 @@ def _forward(x, kernel):
 def _backward(residuals, grad):
   x, kernel = residuals
   rows, grad_rows = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
-  barrier = jax.lax.optimization_barrier
-  kernel_grad = barrier(_contract_last(barrier(grad_rows.T), rows, 0)).T  # (dy^T x)^T = x^T dy
+  barrier = jax.lax.optimization_barrier  # keeps XLA from folding the transposes into the dot
+  if rows.shape[1] <= grad_rows.shape[1]:
+    kernel_grad = barrier(_contract_last(barrier(rows.T), grad_rows, 0))
+  else:
+    kernel_grad = barrier(_contract_last(barrier(grad_rows.T), rows, 0)).T  # (dy^T x)^T = x^T dy
   return _contract_last(grad, kernel, 1), kernel_grad.astype(kernel.dtype)
 
 
