@@ -121,35 +121,31 @@ def test_exact_gelu_and_its_derivative_equal_jax_erfc_form():
   np.testing.assert_allclose(gelu(x32), jax.nn.gelu(x32, approximate=False), atol=2e-6)
 
 
+def _assert_same_layer(ours, reference, x, tolerance):
+  """`ours` takes `reference`'s parameter tree and gives its outputs and gradients."""
+  params = jax.tree.map(lambda p: p + 0.1, reference.init(jax.random.PRNGKey(1), x))
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(jnp.shape, params)
+  np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), atol=tolerance, rtol=tolerance)
+  loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+  for a, b in zip(jax.tree.leaves(jax.grad(loss(ours), argnums=(0, 1))(params, x)),
+                  jax.tree.leaves(jax.grad(loss(reference), argnums=(0, 1))(params, x))):
+    np.testing.assert_allclose(a, b, atol=10 * tolerance, rtol=10 * tolerance)
+
+
 @pytest.mark.parametrize("size,patch,bias", [((27, 30), 4, True), ((13, 9), 2, True), ((6, 5), 1, False)])
 def test_patch_conv_equals_flax_strided_conv_with_the_same_parameters(size, patch, bias):
   """Patch 1 without bias is EfficientNet's pointwise convolution."""
   from flax import linen as nn
   x = jax.random.normal(jax.random.PRNGKey(0), (2, *size, 5))
   reference = nn.Conv(7, (patch, patch), strides=(patch, patch), padding="VALID", use_bias=bias)
-  params = jax.tree.map(lambda p: p + 0.1, reference.init(jax.random.PRNGKey(1), x))
-  ours = PatchConv(7, patch, use_bias=bias)
-  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(jnp.shape, params)
-  np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), atol=1e-5, rtol=1e-5)
-  loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
-  for a, b in zip(jax.tree.leaves(jax.grad(loss(ours), argnums=(0, 1))(params, x)),
-                  jax.tree.leaves(jax.grad(loss(reference), argnums=(0, 1))(params, x))):
-    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+  _assert_same_layer(PatchConv(7, patch, use_bias=bias), reference, x, 1e-5)
 
 
 @pytest.mark.parametrize("impl", ["xla", "transposed_grad"])
 def test_dense_equals_flax_dense_in_parameters_values_and_gradients(impl):
   from flax import linen as nn
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 6))
-  reference = nn.Dense(5)
-  params = jax.tree.map(lambda p: p + 0.1, reference.init(jax.random.PRNGKey(1), x))
-  ours = Dense(5, impl)
-  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == jax.tree.map(jnp.shape, params)
-  np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), atol=1e-6, rtol=1e-6)
-  loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
-  for a, b in zip(jax.tree.leaves(jax.grad(loss(ours), argnums=(0, 1))(params, x)),
-                  jax.tree.leaves(jax.grad(loss(reference), argnums=(0, 1))(params, x))):
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  _assert_same_layer(Dense(5, impl), nn.Dense(5), x, 1e-6)
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rule is about XLA:CPU's library dispatch")
