@@ -19,6 +19,14 @@ from jax.experimental import multihost_utils
 AXIS = "batch"
 
 
+def sum_over_devices(tree):
+  """`lax.psum` over AXIS (call under pmap); on one device the tree itself.
+
+  XLA keeps a one-device all-reduce: a copy of every gradient each step (0.8% of a ConvNeXt-T CPU
+  train step)."""
+  return jax.lax.psum(tree, AXIS) if jax.lax.axis_size(AXIS) > 1 else tree
+
+
 def requested(config) -> bool:
   return bool(config.distributed) or "JAX_COORDINATOR_ADDRESS" in os.environ
 

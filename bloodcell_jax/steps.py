@@ -18,7 +18,7 @@ from flax import struct
 
 from bloodcell_jax import ema, tta
 from bloodcell_jax.augment import Policy, augment_batch, to_unit_range
-from bloodcell_jax.distributed import AXIS
+from bloodcell_jax.distributed import AXIS, sum_over_devices
 from bloodcell_jax.losses import l2_penalty, weighted_cross_entropy_terms
 from bloodcell_jax.models import taps
 from bloodcell_jax.optim import decay_mask
@@ -98,7 +98,7 @@ def train_step(state: TrainState, batch: dict, class_weights: jax.Array, *, mode
   images, targets = augment_batch(augment_key, batch["image"], jax.nn.one_hot(batch["label"], cfg.num_classes),
                                   cfg.augment, cfg.fill_mode)
   images = normalize(images, cfg.mean, cfg.std)
-  num_devices = jax.lax.psum(1, AXIS)
+  num_devices = jax.lax.axis_size(AXIS)
 
   def loss_fn(params):
     variables = {"params": params, **state.model_state}
@@ -108,17 +108,17 @@ def train_step(state: TrainState, batch: dict, class_weights: jax.Array, *, mode
     else:
       logits, model_state = model.apply(variables, images, train=True, rngs={"dropout": dropout_key}), {}
     weighted_ce, weights = weighted_cross_entropy_terms(logits, targets, class_weights, cfg.label_smoothing)
-    total_weight = jnp.maximum(jax.lax.psum(weights.sum(), AXIS), 1e-12)
+    total_weight = jnp.maximum(sum_over_devices(weights.sum()), 1e-12)
     loss = weighted_ce.sum() / total_weight
     if cfg.l2:
       loss += cfg.l2 * l2_penalty(params, decay_mask(params)) / num_devices
     return loss, (logits, weighted_ce.sum(), weights.sum(), dict(model_state))
 
   (_, (logits, ce_sum, weight_sum, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grads = jax.lax.psum(grads, AXIS)
+  grads = sum_over_devices(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  loss_sum = jax.lax.psum(ce_sum, AXIS)
+  loss_sum = sum_over_devices(ce_sum)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
   average = state.ema
@@ -131,7 +131,7 @@ def train_step(state: TrainState, batch: dict, class_weights: jax.Array, *, mode
         (state.params, state.opt_state, state.model_state, state.ema))
   metrics = {
       "loss_sum": loss_sum,
-      "weight_sum": jax.lax.psum(weight_sum, AXIS),
+      "weight_sum": sum_over_devices(weight_sum),
       "grad_norm": grad_norm,
       "finite": finite,
   }
@@ -164,8 +164,8 @@ def eval_step(variables: dict, batch: dict, class_weights: jax.Array, *, model: 
   weighted_ce, weights = weighted_cross_entropy_terms(logits, targets, class_weights, cfg.label_smoothing)
   mask = batch["mask"]
   metrics = {
-      "loss_sum": jax.lax.psum((weighted_ce * mask).sum(), AXIS),
-      "weight_sum": jax.lax.psum((weights * mask).sum(), AXIS),
+      "loss_sum": sum_over_devices((weighted_ce * mask).sum()),
+      "weight_sum": sum_over_devices((weights * mask).sum()),
   }
   outputs = {"probs": probs, "tta_probs": None if cfg.tta == "none" else tta_probs}
   if cfg.outputs:

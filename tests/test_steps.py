@@ -63,6 +63,21 @@ def test_loss_and_params_do_not_depend_on_device_count(optimizer):
   assert results[1][0][-1] < results[1][0][0]
 
 
+def test_one_device_step_has_no_all_reduce_and_several_sum_their_gradients():
+  if jax.local_device_count() < 2:
+    pytest.skip("needs 2 (fake) devices: XLA_FLAGS=--xla_force_host_platform_device_count=2")
+  model, tx, state = _setup(tiny_config(**{"data.augment": "none"}))
+  batch = _batches(1, 8, 32)[0]
+  for n in (1, 2):
+    devices = jax.local_devices()[:n]
+    step = jax.pmap(functools.partial(train_step, model=model, tx=tx, cfg=CFG), axis_name=AXIS, devices=devices)
+    args = (jax_utils.replicate(state, devices),
+            jax.tree.map(lambda x, n=n: x.reshape((n, -1) + x.shape[1:]), batch),
+            jax_utils.replicate(jnp.ones(8), devices))
+    hlo = step.lower(*args).compile().as_text()
+    assert ("all-reduce" in hlo) == (n > 1), n
+
+
 @pytest.mark.parametrize("trainable, unfreeze, trained_tops", [
     ("head", 0, {"head_norm", "head_fc"}),
     ("last_stages", 1, {"head_norm", "head_fc", "stages_3"}),
