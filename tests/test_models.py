@@ -109,6 +109,22 @@ def test_depthwise_shift_add_is_evaluated_by_one_fusion_on_cpu():
   assert sum(x_name in names and k_name in names for names in operands) == 1
 
 
+def test_depthwise_output_left_to_a_single_reader_when_asked():
+  """write_output=False (an inference BatchNorm reads the output once): no conditional forces the
+  sum to memory, and values and gradients are the same as with it."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 4))
+  k = jax.random.normal(jax.random.PRNGKey(1), (5, 5, 1, 4))
+  results = {}
+  for write in (True, False):
+    forward = jax.jit(lambda x, k, write=write: depthwise_conv(x, k, "shift", 2, write_output=write))
+    if jax.default_backend() == "cpu":  # other backends never get the conditional
+      assert ("conditional(" in forward.lower(x, k).compile().as_text()) == write
+    loss = lambda x, k, write=write: jnp.sum(jnp.sin(depthwise_conv(x, k, "shift", 2, write_output=write)))
+    results[write] = (forward(x, k), *jax.grad(loss, argnums=(0, 1))(x, k))
+  for a, b in zip(results[True], results[False]):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_exact_gelu_and_its_derivative_equal_jax_erfc_form():
   with jax.enable_x64(True):
     x = jnp.linspace(-12.0, 12.0, 20001, dtype=jnp.float64)

@@ -224,7 +224,7 @@ class _Layers:
     padding = _padding(self.arch, kernel, stride)
     if depthwise:
       x = DepthwiseConv(kernel, self.depthwise_impl, self.dtype, nn.initializers.he_normal(), stride, padding,
-                        use_bias=False, name=conv_name)(x)
+                        use_bias=False, write_output=train, name=conv_name)(x)  # an inference BN reads it once
     elif kernel == 1 and stride == 1:  # pointwise: a matmul (patch_conv.py says why)
       x = PatchConv(features, 1, self.dtype, nn.initializers.he_normal(), use_bias=False, matmul_impl=self.matmul_impl,
                     name=conv_name)(x)
