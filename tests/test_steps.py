@@ -32,16 +32,23 @@ def _batches(n_steps, batch, size, seed=0):
            "label": rng.integers(0, 8, batch).astype(np.int32)} for _ in range(n_steps)]
 
 
-def _train(num_devices, config, batches, weights):
-  model, tx, state = _setup(config)
+def _on_devices(num_devices, model, tx, state, weights):
+  """The pmapped train step on the first `num_devices` devices, with the state and class weights
+  replicated there."""
   devices = jax.local_devices()[:num_devices]
   step = jax.pmap(functools.partial(train_step, model=model, tx=tx, cfg=CFG), axis_name=AXIS, devices=devices)
-  state = jax_utils.replicate(state, devices)
-  w = jax_utils.replicate(jnp.asarray(weights), devices)
+  return step, jax_utils.replicate(state, devices), jax_utils.replicate(jnp.asarray(weights), devices)
+
+
+def _shard(batch, num_devices):
+  return jax.tree.map(lambda x: x.reshape((num_devices, -1) + x.shape[1:]), batch)
+
+
+def _train(num_devices, config, batches, weights):
+  step, state, w = _on_devices(num_devices, *_setup(config), weights)
   losses = []
   for b in batches:
-    sharded = jax.tree.map(lambda x: x.reshape((num_devices, -1) + x.shape[1:]), b)
-    state, metrics, _ = step(state, sharded, w)
+    state, metrics, _ = step(state, _shard(b, num_devices), w)
     losses.append(float(metrics["loss_sum"][0] / metrics["weight_sum"][0]))
   return losses, unreplicate(state)
 
@@ -66,15 +73,11 @@ def test_loss_and_params_do_not_depend_on_device_count(optimizer):
 def test_one_device_step_has_no_all_reduce_and_several_sum_their_gradients():
   if jax.local_device_count() < 2:
     pytest.skip("needs 2 (fake) devices: XLA_FLAGS=--xla_force_host_platform_device_count=2")
-  model, tx, state = _setup(tiny_config(**{"data.augment": "none"}))
+  setup = _setup(tiny_config(**{"data.augment": "none"}))
   batch = _batches(1, 8, 32)[0]
   for n in (1, 2):
-    devices = jax.local_devices()[:n]
-    step = jax.pmap(functools.partial(train_step, model=model, tx=tx, cfg=CFG), axis_name=AXIS, devices=devices)
-    args = (jax_utils.replicate(state, devices),
-            jax.tree.map(lambda x, n=n: x.reshape((n, -1) + x.shape[1:]), batch),
-            jax_utils.replicate(jnp.ones(8), devices))
-    hlo = step.lower(*args).compile().as_text()
+    step, state, weights = _on_devices(n, *setup, np.ones(8, np.float32))
+    hlo = step.lower(state, _shard(batch, n), weights).compile().as_text()
     assert ("all-reduce" in hlo) == (n > 1), n
 
 
