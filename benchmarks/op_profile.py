@@ -218,14 +218,18 @@ def main():
         f"{total - per_step(covered):.0f} ms ({100 - 100 * covered / window:.1f}%); 2+ ops in flight "
         f"{100 * overlap / window:.1f}%; {len(intervals) // args.steps} thunks/step")
   labels = {name: classify(name, instructions, computations) for name in share}
-  for title, column in (("category", 0), ("model part", 1)):
+  groupings = (("category", lambda label: label[0]), ("model part", lambda label: label[1]),
+               ("model part and category (>= 0.5% of the step)", lambda label: f"{label[1]}: {label[0]}"))
+  for title, key in groupings:
     groups, counts = collections.Counter(), collections.Counter()
     for name, us in share.items():
-      groups[labels[name][column]] += us
-      counts[labels[name][column]] += 1
-    print(f"\n{'by ' + title:<40} {'ms/step':>8} {'%step':>6} {'ops':>5}")
+      groups[key(labels[name])] += us
+      counts[key(labels[name])] += 1
+    print(f"\n{'by ' + title:<56} {'ms/step':>8} {'%step':>6} {'ops':>5}")
     for group, us in groups.most_common():
-      print(f"{group:<40} {per_step(us):8.1f} {100 * us / window:6.1f} {counts[group]:5d}")
+      if title.startswith("model part and") and us < 0.005 * window:
+        break
+      print(f"{group:<56} {per_step(us):8.1f} {100 * us / window:6.1f} {counts[group]:5d}")
   print(f"\n{'top ops':<28} {'ms/step':>8} {'%step':>6}  {'category':<32} {'model part':<22} shapes")
   for name, us in share.most_common(args.top):
     kind, part = labels[name]

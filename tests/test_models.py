@@ -62,15 +62,17 @@ def test_depthwise_shift_and_xla_agree_and_match_flax_grouped_conv():
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("channels", [4, 16])
 @pytest.mark.parametrize("size,kernel,stride,padding", [
     ((9, 11), 7, 1, "SAME"), ((67, 67), 3, 2, "SAME"), ((11, 13), 5, 3, ((2, 2), (1, 3)))])
-def test_depthwise_implementations_give_identical_outputs_and_gradients(size, kernel, stride, padding):
+def test_depthwise_implementations_give_identical_outputs_and_gradients(size, kernel, stride, padding, channels):
   """`shift`'s hand-written VJP (flipped-kernel input gradient, per-row kernel gradient) equals
   autodiff of the same sum and of XLA's grouped convolution, exactly in float64, for the strides
-  and paddings ConvNeXt and the EfficientNets use (TF "same" padding at 67 px is asymmetric)."""
+  and paddings ConvNeXt and the EfficientNets use (TF "same" padding at 67 px is asymmetric); with
+  16 channels the CPU computes the 7x7 layer in channel blocks."""
   with jax.enable_x64(True):
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, *size, 4), jnp.float64)
-    k = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 1, 4), jnp.float64)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, *size, channels), jnp.float64)
+    k = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 1, channels), jnp.float64)
     results = []
     for impl in ("shift", "shift_autodiff", "xla"):
       loss = lambda k, x: jnp.sum(jnp.sin(depthwise_conv(x, k, impl, stride, padding)))

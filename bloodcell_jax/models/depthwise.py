@@ -7,7 +7,8 @@ kernel gradient becomes k*k separate reductions, each reading the whole input an
 again (94 ms of a 108 ms forward+backward at ConvNeXt-T's first stage on a 2-core CPU). `shift`
 therefore carries its own VJP: the input gradient is the same shift-add with the flipped kernel
 over the (dilated, re-padded) output gradient, and the kernel gradient is k variadic reductions
-(one per kernel row, float32 accumulators), image by image, then summed over the batch.
+(one per kernel row, float32 accumulators), image by image, then summed over the batch. On CPUs
+a 7x7 layer holds its arrays in channel blocks of 8 (cache locality; `_BLOCK` below).
 `shift_autodiff` keeps autodiff's gradient, for comparison in benchmarks. Measured figures:
 docs/benchmarks.md. `impl="auto"` picks per backend at trace time: CPUs `shift`, GPUs
 `shift_autodiff` (what was measured on an H100; the hand-written VJP is not measured on a GPU yet),
@@ -44,25 +45,66 @@ def explicit_padding(size: int, kernel: int, stride: int, padding) -> tuple[int,
 
 
 def _windows(padded: jax.Array, k: int, stride: int, height: int, width: int):
-  """The k*k strided (height, width) windows of a padded NHWC array, row-major over the kernel."""
+  """The k*k strided (height, width) windows of a padded array whose spatial axes are -3 and -2
+  (NHWC, or the channel blocks below), row-major over the kernel."""
   for i in range(k):
     for j in range(k):
-      yield padded[:, i:i + stride * (height - 1) + 1:stride, j:j + stride * (width - 1) + 1:stride, :]
+      yield padded[..., i:i + stride * (height - 1) + 1:stride, j:j + stride * (width - 1) + 1:stride, :]
 
 
 def _output_size(size: int, k: int, stride: int, pads: tuple[int, int]) -> int:
   return (size + pads[0] + pads[1] - k) // stride + 1
 
 
-def _shift_add(x: jax.Array, kernel: jax.Array, stride: int, pads: Pads) -> jax.Array:
-  k = kernel.shape[0]
-  padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-  height, width = (_output_size(x.shape[axis], k, stride, pads[axis - 1]) for axis in (1, 2))
+def _pad(x: jax.Array, pads: Pads) -> jax.Array:
+  return jnp.pad(x, ((0, 0),) * (x.ndim - 3) + (pads[0], pads[1], (0, 0)))
+
+
+def _tap_sum(padded: jax.Array, taps: jax.Array, stride: int, height: int, width: int) -> jax.Array:
+  """sum over the k*k taps of window * weight; `taps` (k*k, ...) broadcasts against a window."""
+  k = round(len(taps) ** 0.5)
   out = None
-  for window, weight in zip(_windows(padded, k, stride, height, width), kernel.reshape(k * k, -1)):
+  for window, weight in zip(_windows(padded, k, stride, height, width), taps):
     term = window * weight
     out = term if out is None else out + term
   return out
+
+
+def _shift_add(x: jax.Array, kernel: jax.Array, stride: int, pads: Pads) -> jax.Array:
+  k = kernel.shape[0]
+  height, width = (_output_size(x.shape[axis], k, stride, pads[axis - 1]) for axis in (1, 2))
+  return _tap_sum(_pad(x, pads), kernel.reshape(k * k, -1), stride, height, width)
+
+
+# Channel blocks on CPUs: (N, H, W, C) is held as (N, C/8, H, W, 8) inside a 7x7 layer. In NHWC
+# the k*k windows of one output vector lie up to k image rows apart, so every output streams from
+# 2k*k places at once (windows and weights) and misses the caches; in blocks an image's 8
+# channels lie together. The 7x7 forward + backward (kernel gradient included) at ConvNeXt-T's and
+# -B's stages: 1.0-3x faster, none slower (2-core Zen 3, docs/benchmarks.md). 3x3 and 5x5 layers
+# stream from fewer places and gained or lost by shape (0.5-2.3x), so they stay NHWC. 8 floats are
+# one AVX2 vector, the width XLA:CPU's loops use on AVX-512 machines too.
+_BLOCK = 8
+_MIN_BLOCKED_KERNEL = 7
+
+
+def _use_blocks(channels: int, k: int) -> bool:
+  return jax.default_backend() == "cpu" and channels % _BLOCK == 0 and k >= _MIN_BLOCKED_KERNEL
+
+
+def _to_blocks(x: jax.Array, pads: Pads) -> jax.Array:
+  """(N, H, W, C) -> padded (N, C/8, H', W', 8), written once (one transposing, padding pass)."""
+  n, h, w, c = x.shape
+  return _computed_once(_pad(x.reshape(n, h, w, c // _BLOCK, _BLOCK).transpose(0, 3, 1, 2, 4), pads))
+
+
+def _from_blocks(y: jax.Array) -> jax.Array:
+  n, blocks, h, w, b = y.shape
+  return y.transpose(0, 2, 3, 1, 4).reshape(n, h, w, blocks * b)
+
+
+def _block_taps(kernel: jax.Array) -> jax.Array:
+  k, c = kernel.shape[0], kernel.shape[-1]
+  return kernel.reshape(k * k, c // _BLOCK, 1, 1, _BLOCK)
 
 
 def _computed_once(y: jax.Array) -> jax.Array:
@@ -83,18 +125,48 @@ def _computed_once(y: jax.Array) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _shift_add_fused_grad(x: jax.Array, kernel: jax.Array, stride: int, pads: Pads, write_output: bool) -> jax.Array:
-  y = _shift_add(x, kernel, stride, pads)
-  return _computed_once(y) if write_output else y
+  if not (write_output and _use_blocks(x.shape[-1], kernel.shape[0])):  # a single reader would undo the blocks' loop order
+    y = _shift_add(x, kernel, stride, pads)
+    return _computed_once(y) if write_output else y
+  k = kernel.shape[0]
+  height, width = (_output_size(x.shape[axis], k, stride, pads[axis - 1]) for axis in (1, 2))
+  return _from_blocks(_computed_once(_tap_sum(_to_blocks(x, pads), _block_taps(kernel), stride, height, width)))
 
 
 def _forward(x, kernel, stride, pads, write_output):
   return _shift_add_fused_grad(x, kernel, stride, pads, write_output), (x, kernel)
 
 
+def _kernel_grad(padded: jax.Array, grad: jax.Array, k: int, stride: int, grad_written: bool) -> jax.Array:
+  """(k*k, C): the sums of window * grad over batch and pixels, for NHWC or blocked arrays.
+
+  One variadic reduction per kernel row (k sums in one pass), accumulated in float32 at least
+  (bfloat16 sums over a whole batch would lose the gradient's low bits). XLA:CPU emits a variadic
+  reduction as one scalar loop per output element with all its accumulators live: k of them fit in
+  registers, k*k do not (one reduction of all 49 sums was 1.2-3x slower on ConvNeXt-T's shapes),
+  and k*k single reductions each re-read the whole input (5x slower). Each image's rows and columns
+  are reduced first, then the small (k, batch, ...) rest: straight to the channels, the loop strides
+  through the whole batch once per channel (1.1-3.5x slower).
+  """
+  accumulate = jnp.promote_types(grad.dtype, jnp.float32)
+  wide_grad = grad.astype(accumulate)
+  if wide_grad.dtype != grad.dtype or not grad_written:  # read by k reductions: not to be evaluated k times
+    wide_grad = _computed_once(wide_grad)
+  height, width = grad.shape[-3:-1]
+  windows = [window.astype(accumulate) for window in _windows(padded, k, stride, height, width)]
+  rows = []
+  for row in range(k):
+    products = tuple(window * wide_grad for window in windows[row * k:(row + 1) * k])
+    per_image = jax.lax.reduce(products, (jnp.zeros((), accumulate),) * k,
+                               lambda a, b: tuple(u + v for u, v in zip(a, b)), (grad.ndim - 3, grad.ndim - 2))
+    rows.append(jnp.stack(per_image).sum(axis=1).reshape(k, -1))
+  return jnp.concatenate(rows)
+
+
 def _backward(stride, pads, write_output, residuals, grad):
-  del write_output
   x, kernel = residuals
-  k = kernel.shape[0]
+  k, channels = kernel.shape[0], kernel.shape[-1]
+  blocked = write_output and _use_blocks(channels, k)
   # Input gradient: a stride-1 shift-add of the flipped kernel over the output gradient, dilated by
   # the stride and padded (negative padding crops) so that the result has the input's shape.
   grad_pads = []
@@ -102,27 +174,19 @@ def _backward(stride, pads, write_output, residuals, grad):
     dilated = (grad.shape[axis] - 1) * stride + 1
     low = k - 1 - pads[axis - 1][0]
     grad_pads.append((low, x.shape[axis] + k - 1 - dilated - low, stride - 1))
-  dilated_grad = jax.lax.pad(grad, jnp.zeros((), grad.dtype), ((0, 0, 0), *grad_pads, (0, 0, 0)))
-  x_grad = _computed_once(_shift_add(dilated_grad, kernel[::-1, ::-1], 1, ((0, 0), (0, 0))))
-  # Kernel gradient: the k*k sums of window * grad, one variadic reduction per kernel row (k sums in
-  # one pass), accumulated in float32 at least (bfloat16 sums over a whole batch would lose the
-  # gradient's low bits). XLA:CPU emits a variadic reduction as one loop per output element with all
-  # its accumulators live: k of them fit in registers, k*k do not (one reduction of all 49 sums was
-  # 1.2-3x slower on ConvNeXt-T's shapes), and k*k single reductions each re-read the whole input
-  # (5x slower). Each image's rows and columns are reduced first, then the small (k, batch, C) rest:
-  # straight to (C,) the loop strides through the whole batch once per channel (1.1-3.5x slower).
-  padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-  accumulate = jnp.promote_types(grad.dtype, jnp.float32)
-  wide_grad = _computed_once(grad.astype(accumulate))
-  windows = [window.astype(accumulate) for window in _windows(padded, k, stride, grad.shape[1], grad.shape[2])]
-  kernel_rows = []
-  for row in range(k):
-    products = tuple(window * wide_grad for window in windows[row * k:(row + 1) * k])
-    per_image = jax.lax.reduce(products, (jnp.zeros((), accumulate),) * k,
-                               lambda a, b: tuple(u + v for u, v in zip(a, b)), (1, 2))
-    kernel_rows.append(jnp.stack(per_image).sum(axis=1))
-  kernel_grad = jnp.stack(kernel_rows).reshape(kernel.shape).astype(kernel.dtype)
-  return x_grad.astype(x.dtype), kernel_grad
+  flipped = kernel[::-1, ::-1]
+  if blocked:
+    grad_blocks = _to_blocks(grad, ((0, 0), (0, 0)))
+    dilated_grad = jax.lax.pad(grad_blocks, jnp.zeros((), grad.dtype), ((0, 0, 0), (0, 0, 0), *grad_pads, (0, 0, 0)))
+    x_grad = _from_blocks(_computed_once(_tap_sum(dilated_grad, _block_taps(flipped), 1, *x.shape[1:3])))
+  else:
+    dilated_grad = jax.lax.pad(grad, jnp.zeros((), grad.dtype), ((0, 0, 0), *grad_pads, (0, 0, 0)))
+    x_grad = _computed_once(_tap_sum(dilated_grad, flipped.reshape(k * k, -1), 1, *x.shape[1:3]))
+  if blocked:
+    kernel_grad = _kernel_grad(_to_blocks(x, pads), grad_blocks, k, stride, grad_written=True)
+  else:
+    kernel_grad = _kernel_grad(_pad(x, pads), grad, k, stride, grad_written=False)
+  return x_grad.astype(x.dtype), kernel_grad.reshape(kernel.shape).astype(kernel.dtype)
 
 
 _shift_add_fused_grad.defvjp(_forward, _backward)
