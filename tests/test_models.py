@@ -127,6 +127,23 @@ def test_depthwise_output_left_to_a_single_reader_when_asked():
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rule is about XLA:CPU's fusion")
+def test_stochastic_depth_draws_its_mask_once_not_per_activation_element():
+  """The per-example mask's threefry rounds (xor, shifts) run in fusions of mask size, never
+  inside the elementwise loops over the activations that it scales (forward or backward)."""
+  from bloodcell_jax.models.convnext import DropPath
+  x = jnp.ones((4, 8, 8, 16))
+  drop = lambda x: DropPath(0.5).apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)})
+  hlo = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(drop(x)) * x))).lower(x).compile().as_text()
+  random_computations = {name for name, body in re.findall(r"\n%([\w.-]+) .*? \{\n(.*?)\n\}", hlo, re.S)
+                         if " xor(" in body}
+  assert random_computations
+  callers = re.findall(r"= (\w+)\[([\d,]*)\]\S* fusion\(.*?calls=%([\w.-]+)", hlo)
+  sizes = [int(np.prod([int(d) for d in dims.split(",") if d])) for _, dims, called in callers
+           if called in random_computations]
+  assert sizes and max(sizes) < x.size, sizes
+
+
 def test_exact_gelu_and_its_derivative_equal_jax_erfc_form():
   with jax.enable_x64(True):
     x = jnp.linspace(-12.0, 12.0, 20001, dtype=jnp.float64)

@@ -16,6 +16,7 @@ from flax import linen as nn
 
 from bloodcell_jax.models import taps
 from bloodcell_jax.models.activations import gelu
+from bloodcell_jax.models.buffers import computed_once
 from bloodcell_jax.models.depthwise import DepthwiseConv
 from bloodcell_jax.models.matmul import Dense
 from bloodcell_jax.models.patch_conv import PatchConv
@@ -51,6 +52,7 @@ class DropPath(nn.Module):
       return x
     keep = 1.0 - self.rate
     mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    mask = computed_once(mask.astype(x.dtype)) > 0  # threefry once, not per activation element
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 

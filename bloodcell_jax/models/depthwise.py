@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from bloodcell_jax.models.buffers import computed_once
+
 IMPLEMENTATIONS = ("auto", "xla", "shift", "shift_autodiff")
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -94,7 +96,7 @@ def _use_blocks(channels: int, k: int) -> bool:
 def _to_blocks(x: jax.Array, pads: Pads) -> jax.Array:
   """(N, H, W, C) -> padded (N, C/8, H', W', 8), written once (one transposing, padding pass)."""
   n, h, w, c = x.shape
-  return _computed_once(_pad(x.reshape(n, h, w, c // _BLOCK, _BLOCK).transpose(0, 3, 1, 2, 4), pads))
+  return computed_once(_pad(x.reshape(n, h, w, c // _BLOCK, _BLOCK).transpose(0, 3, 1, 2, 4), pads))
 
 
 def _from_blocks(y: jax.Array) -> jax.Array:
@@ -107,30 +109,14 @@ def _block_taps(kernel: jax.Array) -> jax.Array:
   return kernel.reshape(k * k, c // _BLOCK, 1, 1, _BLOCK)
 
 
-def _computed_once(y: jax.Array) -> jax.Array:
-  """`y` written to memory once, on CPUs.
-
-  XLA:CPU fuses a cheap-looking elementwise producer into each of its consumers and evaluates it
-  again there (and it removes `optimization_barrier`s), so one k*k-tap shift-add was being computed
-  again inside the LayerNorm forward, its backward and every kernel-gradient reduction: 4x the
-  time of the layer's forward and backward with it written once (ConvNeXt-T's stages, 2-core Zen 3).
-  A conditional's operand is always a buffer; both branches return `y` (the predicate only has to
-  be unknown when compiling). Other backends get `y` as is: a GPU conditional waits for the host.
-  """
-  if jax.default_backend() != "cpu":
-    return y
-  corner = y[(0,) * y.ndim]
-  return jax.lax.cond(corner == corner, lambda v: v, lambda v: v * 1, y)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _shift_add_fused_grad(x: jax.Array, kernel: jax.Array, stride: int, pads: Pads, write_output: bool) -> jax.Array:
   if not (write_output and _use_blocks(x.shape[-1], kernel.shape[0])):  # a single reader would undo the blocks' loop order
     y = _shift_add(x, kernel, stride, pads)
-    return _computed_once(y) if write_output else y
+    return computed_once(y) if write_output else y
   k = kernel.shape[0]
   height, width = (_output_size(x.shape[axis], k, stride, pads[axis - 1]) for axis in (1, 2))
-  return _from_blocks(_computed_once(_tap_sum(_to_blocks(x, pads), _block_taps(kernel), stride, height, width)))
+  return _from_blocks(computed_once(_tap_sum(_to_blocks(x, pads), _block_taps(kernel), stride, height, width)))
 
 
 def _forward(x, kernel, stride, pads, write_output):
@@ -151,7 +137,7 @@ def _kernel_grad(padded: jax.Array, grad: jax.Array, k: int, stride: int, grad_w
   accumulate = jnp.promote_types(grad.dtype, jnp.float32)
   wide_grad = grad.astype(accumulate)
   if wide_grad.dtype != grad.dtype or not grad_written:  # read by k reductions: not to be evaluated k times
-    wide_grad = _computed_once(wide_grad)
+    wide_grad = computed_once(wide_grad)
   height, width = grad.shape[-3:-1]
   windows = [window.astype(accumulate) for window in _windows(padded, k, stride, height, width)]
   rows = []
@@ -178,10 +164,10 @@ def _backward(stride, pads, write_output, residuals, grad):
   if blocked:
     grad_blocks = _to_blocks(grad, ((0, 0), (0, 0)))
     dilated_grad = jax.lax.pad(grad_blocks, jnp.zeros((), grad.dtype), ((0, 0, 0), (0, 0, 0), *grad_pads, (0, 0, 0)))
-    x_grad = _from_blocks(_computed_once(_tap_sum(dilated_grad, _block_taps(flipped), 1, *x.shape[1:3])))
+    x_grad = _from_blocks(computed_once(_tap_sum(dilated_grad, _block_taps(flipped), 1, *x.shape[1:3])))
   else:
     dilated_grad = jax.lax.pad(grad, jnp.zeros((), grad.dtype), ((0, 0, 0), *grad_pads, (0, 0, 0)))
-    x_grad = _computed_once(_tap_sum(dilated_grad, flipped.reshape(k * k, -1), 1, *x.shape[1:3]))
+    x_grad = computed_once(_tap_sum(dilated_grad, flipped.reshape(k * k, -1), 1, *x.shape[1:3]))
   if blocked:
     kernel_grad = _kernel_grad(_to_blocks(x, pads), grad_blocks, k, stride, grad_written=True)
   else:
