@@ -208,7 +208,7 @@ class _Run:
     every = config.checkpoint.every_steps
     p_train, p_eval = pmapped_steps(self.model, self.tx, step_config(config))
     replicated = jax_utils.replicate(self.state)
-    self.state = None  # the replicated copy is the live one (its buffers are donated each step)
+    self.state = None  # the replicated copy is the live one (donated each step on accelerators)
     class_weights = jax_utils.replicate(jnp.asarray(self.class_weights))
     row = {"epoch": self.progress.epoch - 1}  # what a run that has already finished reports
     if self.progress.epoch >= num_epochs:

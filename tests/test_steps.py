@@ -1,6 +1,7 @@
 """The pmapped train step: device-count invariance, freezing, and the eval step's padding mask."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ from bloodcell_jax import optim
 from bloodcell_jax.augment import parse
 from bloodcell_jax.distributed import AXIS, unreplicate
 from bloodcell_jax.models import create_model
-from bloodcell_jax.steps import StepConfig, create_train_state, eval_step, train_step
+from bloodcell_jax.steps import StepConfig, create_train_state, eval_step, pmapped_steps, train_step
 from conftest import init_params, tiny_config
 
 CFG = StepConfig(num_classes=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), l2=1e-3)
@@ -79,6 +80,20 @@ def test_one_device_step_has_no_all_reduce_and_several_sum_their_gradients():
     step, state, weights = _on_devices(n, *setup, np.ones(8, np.float32))
     hlo = step.lower(state, _shard(batch, n), weights).compile().as_text()
     assert ("all-reduce" in hlo) == (n > 1), n
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rule is about CPUs; accelerators donate")
+def test_cpu_train_step_copies_no_parameter_or_moment():
+  """Without donation on CPUs, the compiled step reads the old state and writes a new one; donated,
+  XLA copied every Lion moment first (its in-place update raced the parameter update's read)."""
+  model, tx, state = _setup(tiny_config(**{"data.augment": "none"}))
+  p_train, _ = pmapped_steps(model, tx, CFG)
+  n = jax.local_device_count()
+  lowered = p_train.lower(jax_utils.replicate(state), _shard(_batches(1, 8, 32)[0], n), jax_utils.replicate(jnp.ones(8)))
+  hlo = lowered.compile().as_text()
+  entry = hlo[hlo.index("\nENTRY"):]
+  assert len(re.findall(r"= f32\[[\d,]+\]\S* parameter\(", entry)) > 2 * len(jax.tree.leaves(state.params)) - 1
+  assert not re.findall(r"= f32\[[\d,]+\]\S* copy\(%(?:param|flat_args)", entry)  # an entry parameter
 
 
 @pytest.mark.parametrize("trainable, unfreeze, trained_tops", [
