@@ -111,7 +111,8 @@ def _block_taps(kernel: jax.Array) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _shift_add_fused_grad(x: jax.Array, kernel: jax.Array, stride: int, pads: Pads, write_output: bool) -> jax.Array:
-  if not (write_output and _use_blocks(x.shape[-1], kernel.shape[0])):  # a single reader would undo the blocks' loop order
+  # A single reader of the output would fuse the conversion back to NHWC into the sum: NHWC order again.
+  if not (write_output and _use_blocks(x.shape[-1], kernel.shape[0])):
     y = _shift_add(x, kernel, stride, pads)
     return computed_once(y) if write_output else y
   k = kernel.shape[0]
