@@ -233,19 +233,20 @@ def main():
         f"{total - per_step(covered):.0f} ms ({100 - 100 * covered / window:.1f}%); 2+ ops in flight "
         f"{100 * overlap / window:.1f}%; {len(intervals) // args.steps} thunks/step")
   labels = {name: classify(name, instructions, computations) for name in share}
-  dots = sorted((start, end) for start, end, name in intervals if labels[name][0] == "YNN fusion: dot")
-  print(f"at least one YNN dot in flight: {per_step(union_length(dots)):.0f} ms ({100 * union_length(dots) / window:.1f}%)"
+  dots = union_length(sorted((start, end) for start, end, name in intervals
+                             if labels[name][0] == "YNN fusion: dot"))
+  print(f"at least one YNN dot in flight: {per_step(dots):.0f} ms ({100 * dots / window:.1f}%)"
         " (the split below understates dots: an op's completion is logged late when a dot follows it at once)")
-  groupings = (("category", lambda label: label[0]), ("model part", lambda label: label[1]),
-               ("model part and category (>= 0.5% of the step)", lambda label: f"{label[1]}: {label[0]}"))
-  for title, key in groupings:
+  groupings = (("category", lambda label: label[0], 0.0), ("model part", lambda label: label[1], 0.0),
+               ("model part and category (>= 0.5% of the step)", lambda label: f"{label[1]}: {label[0]}", 0.005))
+  for title, key, min_share in groupings:
     groups, counts = collections.Counter(), collections.Counter()
     for name, us in share.items():
       groups[key(labels[name])] += us
       counts[key(labels[name])] += 1
     print(f"\n{'by ' + title:<56} {'ms/step':>8} {'%step':>6} {'ops':>5}")
     for group, us in groups.most_common():
-      if title.startswith("model part and") and us < 0.005 * window:
+      if us < min_share * window:
         break
       print(f"{group:<56} {per_step(us):8.1f} {100 * us / window:6.1f} {counts[group]:5d}")
   print(f"\n{'top ops':<28} {'ms/step':>8} {'%step':>6}  {'category':<32} {'model part':<22} shapes")

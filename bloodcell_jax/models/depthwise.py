@@ -54,8 +54,9 @@ def _windows(padded: jax.Array, k: int, stride: int, height: int, width: int):
       yield padded[..., i:i + stride * (height - 1) + 1:stride, j:j + stride * (width - 1) + 1:stride, :]
 
 
-def _output_size(size: int, k: int, stride: int, pads: tuple[int, int]) -> int:
-  return (size + pads[0] + pads[1] - k) // stride + 1
+def _output_size(x: jax.Array, k: int, stride: int, pads: Pads) -> tuple[int, int]:
+  """(height, width) of the output for NHWC `x`."""
+  return tuple((x.shape[axis] + pads[axis - 1][0] + pads[axis - 1][1] - k) // stride + 1 for axis in (1, 2))
 
 
 def _pad(x: jax.Array, pads: Pads) -> jax.Array:
@@ -74,8 +75,7 @@ def _tap_sum(padded: jax.Array, taps: jax.Array, stride: int, height: int, width
 
 def _shift_add(x: jax.Array, kernel: jax.Array, stride: int, pads: Pads) -> jax.Array:
   k = kernel.shape[0]
-  height, width = (_output_size(x.shape[axis], k, stride, pads[axis - 1]) for axis in (1, 2))
-  return _tap_sum(_pad(x, pads), kernel.reshape(k * k, -1), stride, height, width)
+  return _tap_sum(_pad(x, pads), kernel.reshape(k * k, -1), stride, *_output_size(x, k, stride, pads))
 
 
 # Channel blocks on CPUs: (N, H, W, C) is held as (N, C/8, H, W, 8) inside a 7x7 layer. In NHWC
@@ -115,9 +115,8 @@ def _shift_add_fused_grad(x: jax.Array, kernel: jax.Array, stride: int, pads: Pa
   if not (write_output and _use_blocks(x.shape[-1], kernel.shape[0])):
     y = _shift_add(x, kernel, stride, pads)
     return computed_once(y) if write_output else y
-  k = kernel.shape[0]
-  height, width = (_output_size(x.shape[axis], k, stride, pads[axis - 1]) for axis in (1, 2))
-  return _from_blocks(computed_once(_tap_sum(_to_blocks(x, pads), _block_taps(kernel), stride, height, width)))
+  size = _output_size(x, kernel.shape[0], stride, pads)
+  return _from_blocks(computed_once(_tap_sum(_to_blocks(x, pads), _block_taps(kernel), stride, *size)))
 
 
 def _forward(x, kernel, stride, pads, write_output):
@@ -166,12 +165,10 @@ def _backward(stride, pads, write_output, residuals, grad):
     grad_blocks = _to_blocks(grad, ((0, 0), (0, 0)))
     dilated_grad = jax.lax.pad(grad_blocks, jnp.zeros((), grad.dtype), ((0, 0, 0), (0, 0, 0), *grad_pads, (0, 0, 0)))
     x_grad = _from_blocks(computed_once(_tap_sum(dilated_grad, _block_taps(flipped), 1, *x.shape[1:3])))
+    kernel_grad = _kernel_grad(_to_blocks(x, pads), grad_blocks, k, stride, grad_written=True)
   else:
     dilated_grad = jax.lax.pad(grad, jnp.zeros((), grad.dtype), ((0, 0, 0), *grad_pads, (0, 0, 0)))
     x_grad = computed_once(_tap_sum(dilated_grad, flipped.reshape(k * k, -1), 1, *x.shape[1:3]))
-  if blocked:
-    kernel_grad = _kernel_grad(_to_blocks(x, pads), grad_blocks, k, stride, grad_written=True)
-  else:
     kernel_grad = _kernel_grad(_pad(x, pads), grad, k, stride, grad_written=False)
   return x_grad.astype(x.dtype), kernel_grad.reshape(kernel.shape).astype(kernel.dtype)
 
