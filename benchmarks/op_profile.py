@@ -4,7 +4,7 @@
   python benchmarks/op_profile.py --variant tiny --xla_flags=--xla_cpu_experimental_ynn_fusion_type=
   python benchmarks/op_profile.py --config configs/efficientnet_lite0.py --batch 64 --augment config
 
-Builds the step of benchmarks/cpu_step_ablation.py (ConvNeXt `--variant`, float32, no augmentation,
+Builds the step of benchmarks/cpu_step_ablation.py (ConvNeXt `--variant`, float32 unless `--dtype`, no augmentation,
 one device), or that of any config file's model (randomly initialised), and traces a
 few steps with jax.profiler and reads the XLA:CPU thunk events: each thunk logs "<hlo op>" around its
 launch and "end: <hlo op>" when it completes (later, for thunks that run on the thread pool). An op's
@@ -43,6 +43,7 @@ def parse_args():
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--size", type=int, help="image size (default: the config's, else 96)")
   parser.add_argument("--step", choices=("train", "eval"), default="train")
+  parser.add_argument("--dtype", help="compute dtype, e.g. bfloat16 (default: float32, or the config's)")
   parser.add_argument("--steps", type=int, default=5, help="profiled steps, after 2 warm-up and `steps` timed ones")
   parser.add_argument("--top", type=int, default=25)
   parser.add_argument("--xla_flags", default="", help="appended to XLA_FLAGS before JAX loads")
@@ -69,6 +70,7 @@ def build_step(args):
     from configs.accelerator import convnext_config
     config = convnext_config(args.variant)
     config.model.dtype, config.model.depthwise_impl = "float32", "shift"
+  config.model.dtype = args.dtype or config.model.dtype
   args.size = args.size or (config.data.image_size if args.config else 96)
   config.data.image_size, config.train.batch_size = args.size, args.batch
   config.data.augment = config.data.augment if args.augment == "config" else args.augment

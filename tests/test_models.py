@@ -199,6 +199,18 @@ def test_transposed_grad_leaves_no_dot_contracting_the_batch_of_its_lhs(features
   assert "0" not in lhs_contractions("transposed_grad")
 
 
+@pytest.mark.parametrize("count, features_in, features_out, transposed", [
+    (288, 3072, 768, "x"),  # ConvNeXt-T's last fc2: x^T moves 0.9M elements, dy^T and the result 2.6M
+    (18432, 384, 96, "dy"),  # its first fc2: x^T 7.1M, dy^T and the result 1.8M
+    (64, 16, 32, "x")])
+def test_transposed_grad_transposes_fewer_elements(count, features_in, features_out, transposed):
+  x, kernel = jnp.ones((count, features_in)), jnp.ones((features_in, features_out))
+  hlo = jax.jit(jax.grad(lambda x, k: jnp.sum(matmul(x, k, "transposed_grad")), argnums=1)).lower(x, kernel).as_text()
+  shapes = set(re.findall(r"stablehlo.transpose %\S+, dims = \[1, 0\] : \(tensor<(\d+x\d+)xf32>", hlo))
+  expected = {"x": {f"{count}x{features_in}"}, "dy": {f"{count}x{features_out}", f"{features_out}x{features_in}"}}
+  assert shapes == expected[transposed]
+
+
 def test_matmul_impl_is_checked():
   with pytest.raises(ValueError, match="matmul impl must be one of"):
     matmul(jnp.ones((2, 3)), jnp.ones((3, 4)), "eigen")
