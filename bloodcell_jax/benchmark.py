@@ -179,6 +179,7 @@ def environment() -> dict:
   device = jax.local_devices()[0]
   env = {"device_kind": device.device_kind, "platform": device.platform, "num_local_devices": jax.local_device_count(),
          "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+         "xla_threads": os.environ.get("PJRT_NPROC") or os.environ.get("NPROC") or "one per core",
          "peak_flops_known": local_peak_flops("bfloat16") is not None or local_peak_flops("float32") is not None}
   cpu = cpu_info.host()
   if cpu:
@@ -228,7 +229,8 @@ def run_benchmark(config: ml_collections.ConfigDict, workdir: str, batch_sizes: 
   os.makedirs(workdir, exist_ok=True)
   out = os.path.join(workdir, "benchmark.json")
   write_json_atomic(out, report)
-  print(f"{env['device_kind']} x {env['num_local_devices']}, JAX {env['jax']}, XLA_FLAGS='{env['xla_flags']}', "
+  print(f"{env['device_kind']} x {env['num_local_devices']} (XLA threads: {env['xla_threads']}), JAX {env['jax']}, "
+        f"XLA_FLAGS='{env['xla_flags']}', "
         f"model {config.model.name} {config.model.variant}, {config.data.image_size}x{config.data.image_size}")
   if "host_cpu" in env:
     print(f"host CPU: {env['host_cpu']}")

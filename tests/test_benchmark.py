@@ -23,6 +23,7 @@ def test_benchmark_reports_every_figure(tmp_path, capsys):
     assert json.load(f) == json.loads(json.dumps(report))
   env = report["environment"]
   assert env["device_kind"] == jax.local_devices()[0].device_kind and env["jax"] == jax.__version__
+  assert env["xla_threads"] == (os.environ.get("PJRT_NPROC") or os.environ.get("NPROC") or "one per core")
   (result,) = report["results"]
   for key in ("train_augment_light", "train_augment_none", "eval"):
     entry = result[key]
@@ -33,6 +34,7 @@ def test_benchmark_reports_every_figure(tmp_path, capsys):
   assert plain["flops_per_step"] > 0
   cpu = cpu_info.host()
   out = capsys.readouterr().out
+  assert f"(XLA threads: {env['xla_threads']})" in out
   if cpu is not None and cpu.peak_flops("float32"):  # CPU MFU: achieved FLOP/s over the host's estimated peak
     achieved = plain["flops_per_step"] * plain["images_per_s"] / 8
     assert plain["mfu"] == pytest.approx(achieved / cpu.peak_flops("float32"))
