@@ -13,6 +13,7 @@ were faster on an AVX-512 Xeon (docs/benchmarks.md).
 """
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -29,9 +30,9 @@ SHAPES = ((18432, 96, 384), (18432, 384, 96), (4608, 192, 768), (4608, 768, 192)
           (1152, 1536, 384), (288, 768, 3072), (288, 3072, 768))  # (rows, in, out) of ConvNeXt-T's fc1/fc2
 
 CHILD = r"""
-import re, sys, time
+import json, re, sys, time
 import jax, jax.numpy as jnp, numpy as np
-shapes = eval(sys.argv[1])
+shapes = json.loads(sys.argv[1])
 def best(f, *args):
   f(*args).block_until_ready()
   times = []
@@ -76,7 +77,7 @@ def main():
     for library in args.libraries.split(","):
       if library not in LIBRARIES:
         sys.exit(f"--libraries: unknown library {library!r} (one of {', '.join(LIBRARIES)})")
-      result = subprocess.run([sys.executable, "-c", CHILD, repr(SHAPES)], env=child_env(library, threads),
+      result = subprocess.run([sys.executable, "-c", CHILD, json.dumps(SHAPES)], env=child_env(library, threads),
                               capture_output=True, text=True, timeout=1200)
       lines = result.stdout.split("\n")
       used = next((line.split(" ", 1)[1] for line in lines if line.startswith("library ")), "?")
