@@ -8,8 +8,8 @@ count) runs in a fresh process: ConvNeXt-T's matmul shapes at 96 px, batch 32 (f
 weight gradient x^T dy, input gradient dy W^T), best of 5 calls, GFLOP/s. The `onednn` probe then
 compiles a dot whose operand is an elementwise product: XLA fuses that producer into its oneDNN
 fusion, and where the installed jaxlib cannot compile such a fusion the process dies (SIGILL after
-"partition compile failed"), which is why oneDNN is not a run-time choice here although its dots
-were faster on an AVX-512 Xeon (docs/benchmarks.md).
+"partition compile failed"), which is why oneDNN is not a run-time choice here (docs/benchmarks.md:
+no library was faster across these shapes on an AVX-512 Xeon).
 """
 
 import argparse
@@ -43,8 +43,11 @@ rng = np.random.default_rng(0)
 for m, k, n in shapes:
   x, w, dy = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((m, k), (k, n), (m, n)))
   gflop = 2 * m * k * n / 1e9
-  forward, weight_grad, input_grad = jax.jit(lambda x, w: x @ w), jax.jit(lambda x, dy: x.T @ dy), jax.jit(lambda dy, w: dy @ w.T)
-  print(m, k, n, *(f"{gflop / best(f, a, b):.1f}" for f, a, b in ((forward, x, w), (weight_grad, x, dy), (input_grad, dy, w))))
+  forward = jax.jit(lambda x, w: x @ w)
+  weight_grad = jax.jit(lambda x, dy: x.T @ dy)
+  input_grad = jax.jit(lambda dy, w: dy @ w.T)
+  calls = ((forward, x, w), (weight_grad, x, dy), (input_grad, dy, w))
+  print(m, k, n, *(f"{gflop / best(f, a, b):.1f}" for f, a, b in calls))
 hlo = forward.lower(x, w).compile().as_text()
 print("library", ",".join(sorted(set(re.findall(r"__(ynn|xnn|onednn)_fusion", hlo)))) or "XLA dot (Eigen)")
 """
@@ -54,13 +57,15 @@ PROBE = "import jax, jax.numpy as jnp; a = jnp.ones((64, 64)); print(jax.jit(lam
 
 def parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--threads", default="", help="comma-separated XLA thread counts (PJRT_NPROC); default: all cores")
+  parser.add_argument("--threads", default="",
+                      help="comma-separated XLA thread counts (PJRT_NPROC); default: all cores")
   parser.add_argument("--libraries", default=",".join(LIBRARIES), help=f"some of {', '.join(LIBRARIES)}")
   return parser.parse_args()
 
 
 def child_env(library: str, threads: str) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {LIBRARIES[library]}".strip())
+  flags = f"{os.environ.get('XLA_FLAGS', '')} {LIBRARIES[library]}".strip()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
   if threads:
     env["PJRT_NPROC"] = threads
   return env
@@ -84,9 +89,11 @@ def main():
       for line in lines:
         if re.match(r"\d+ \d+ \d+ ", line):
           m, k, n, *rates = line.split()
-          print(f"{library:>8} {threads or 'all':>7} {f'{m}x{k}x{n}':>18} {rates[0]:>7} {rates[1]:>7} {rates[2]:>7}  ({used})")
+          print(f"{library:>8} {threads or 'all':>7} {f'{m}x{k}x{n}':>18} "
+                f"{rates[0]:>7} {rates[1]:>7} {rates[2]:>7}  ({used})")
       if result.returncode:
-        print(f"{library:>8} {threads or 'all':>7} failed: exit status {result.returncode}: {result.stderr.strip()[-200:]}")
+        print(f"{library:>8} {threads or 'all':>7} failed: exit status {result.returncode}: "
+              f"{result.stderr.strip()[-200:]}")
   if "onednn" in args.libraries.split(","):
     probe = subprocess.run([sys.executable, "-c", PROBE], env=child_env("onednn", ""), capture_output=True, text=True,
                            timeout=300)
