@@ -17,6 +17,7 @@ no library was faster across these shapes on an AVX-512 Xeon).
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -54,17 +55,15 @@ for m, k, n in shapes:
   host = [rng.standard_normal(s, dtype=np.float32) for s in ((m, k), (k, n), (m, n))]
   jax_args = [jnp.asarray(a) for a in host]
   torch_args = [torch.from_numpy(a) for a in host] if with_torch else None
-  gflop = 2 * m * k * n / 1e9
-  rates = []
+  seconds = []  # per kind: XLA's median, then PyTorch's (with --torch)
   for kind in range(3):
     jax_times, torch_times = [], []
     for _ in range(12):  # the first call of each compiles or warms up
       jax_times.append(timed(jax_calls[kind], jax_args))
       if with_torch:
         torch_times.append(timed(torch_calls[kind], torch_args))
-    rates.append(gflop / statistics.median(jax_times[1:]))
-    rates.append(gflop / statistics.median(torch_times[1:]) if with_torch else 0.0)
-  print(m, k, n, *(f"{r:.1f}" for r in rates))
+    seconds += [statistics.median(jax_times[1:])] + ([statistics.median(torch_times[1:])] if with_torch else [])
+  print(m, k, n, *seconds)
 hlo = jax_calls[0].lower(*jax_args).compile().as_text()
 print("library", ",".join(sorted(set(re.findall(r"__(ynn|xnn|onednn)_fusion", hlo)))) or "XLA dot (Eigen)")
 """
@@ -90,18 +89,14 @@ def child_env(library: str, threads: str) -> dict:
   return env
 
 
-def torch_importable() -> bool:
-  return subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode == 0
-
-
 def main():
   args = parse_args()
   sys.path.insert(0, ROOT)
   from bloodcell_jax import cpu_info
   cpu = cpu_info.host()
   print(f"host CPU: {cpu.describe() if cpu else 'unknown'}")
-  if args.torch and not torch_importable():
-    sys.exit("--torch: PyTorch does not import here; install the README's dev requirements (requirements-dev.txt)")
+  if args.torch and importlib.util.find_spec("torch") is None:
+    sys.exit("--torch: PyTorch is not installed; install the README's dev requirements (requirements-dev.txt)")
   kinds = ("fwd", "wgrad", "igrad")
   header = "".join(f" {kind:>7}" + (f" {'torch':>7} {'ratio':>5}" if args.torch else "") for kind in kinds)
   print(f"{'library':>8} {'threads':>7} {'rows x in x out':>18}{header}  GFLOP/s")
@@ -116,14 +111,15 @@ def main():
       used = next((line.split(" ", 1)[1] for line in lines if line.startswith("library ")), "?")
       for line in lines:
         if re.match(r"\d+ \d+ \d+ ", line):
-          m, k, n, *rates = line.split()
-          cells = ""
+          m, k, n, *seconds = line.split()
           gflop = 2 * int(m) * int(k) * int(n) / 1e9
-          for ours, theirs in zip(rates[0::2], rates[1::2]):
-            cells += f" {ours:>7}"
-            if args.torch:
-              ratios.setdefault((library, threads), []).append((gflop / float(ours), gflop / float(theirs)))
-              cells += f" {theirs:>7} {float(ours) / float(theirs):>5.2f}"
+          cells = ""
+          for kind_seconds in (zip(seconds[0::2], seconds[1::2]) if args.torch else zip(seconds)):
+            ours, *theirs = map(float, kind_seconds)
+            cells += f" {gflop / ours:7.1f}"
+            if theirs:
+              ratios.setdefault((library, threads), []).append((ours, theirs[0]))
+              cells += f" {gflop / theirs[0]:7.1f} {theirs[0] / ours:5.2f}"
           print(f"{library:>8} {threads or 'all':>7} {f'{m}x{k}x{n}':>18}{cells}  ({used})")
       if result.returncode:
         print(f"{library:>8} {threads or 'all':>7} failed: exit status {result.returncode}: "
